@@ -1,0 +1,72 @@
+"""The ``cxrdet`` console script: one subcommand per pipeline stage.
+
+Each subcommand lives in its own module exposing ``get_args_parser()`` and ``main(args) -> int``
+(torchvision references style). Modules are imported only when their command runs, so light
+commands such as ``evaluate`` never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from cxrdet.errors import EXIT_USAGE, UserError
+
+# name -> (module, one-line help). Order is the order of the pipeline.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("cxrdet.synth.command", "write synthetic VinBigData-like DICOMs and label CSVs"),
+    "prepare": ("cxrdet.preprocess.prepare", "DICOM folder -> HDF5 cache + metadata/feature CSVs"),
+    "merge-cache": ("cxrdet.preprocess.merge", "combine shard caches into one HDF5 cache"),
+    "split": ("cxrdet.split", "multilabel-stratified K-fold split of a label CSV"),
+    "train": ("cxrdet.detector.train", "train the Faster R-CNN detector (Lightning, DDP)"),
+    "train-gate": ("cxrdet.gate.train", "train the XGBoost normal/abnormal gate"),
+    "infer": ("cxrdet.inference.infer", "batch inference -> submission CSV (+ overlays)"),
+    "merge-submissions": ("cxrdet.inference.merge", "combine shard submissions into one CSV"),
+    "evaluate": ("cxrdet.evaluate", "score a submission with the competition's mAP@0.4"),
+    "demo": ("cxrdet.demo", "the whole pipeline end to end on synthetic data"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: cxrdet COMMAND [options]   (cxrdet COMMAND --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {helptext}" for name, (_, helptext) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0 if argv else EXIT_USAGE
+    if argv[0] == "--version":
+        from cxrdet import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"cxrdet: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return EXIT_USAGE
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = module.get_args_parser()
+    parser.prog = f"cxrdet {name}"
+    args = parser.parse_args(rest)  # argparse exits 2 with a message on bad flags
+    return run_main(module.main, args, prog=parser.prog)
+
+
+def run_main(fn, args, prog: str) -> int:
+    """Call a command's ``main``; user errors become a message and exit code 2."""
+    try:
+        code = fn(args)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
