@@ -1,0 +1,77 @@
+"""The image-level view of the predictions: one probability per class for every image.
+
+Columns ``image_id,p_abnormal,p_0,...,p_13``. ``p_k`` is the highest score of class k among the
+image's detections after TTA/ensemble fusion and before the gate (0 when the class was not
+detected), so it is the detector's own multi-label classification. ``p_abnormal`` is the gate's
+P(abnormal); it is empty (NaN) when inference ran without a gate.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrdet.classes import NUM_FINDINGS
+from cxrdet.detections import Detections
+from cxrdet.errors import UserError
+
+CLASS_COLUMNS = [f"p_{k}" for k in range(NUM_FINDINGS)]
+IMAGE_LEVEL_COLUMNS = ["image_id", "p_abnormal", *CLASS_COLUMNS]
+
+
+def class_max_scores(det: Detections) -> np.ndarray:
+    """Per finding class, the highest detection score (0 where there is none): shape [14]."""
+    out = np.zeros(NUM_FINDINGS, dtype=np.float64)
+    finding = (det.class_ids >= 0) & (det.class_ids < NUM_FINDINGS)
+    np.maximum.at(out, det.class_ids[finding], det.scores[finding])
+    return out
+
+
+def image_level_row(image_id: str, det: Detections, p_abnormal: float | None) -> dict:
+    """One CSV row for an image from its fused (ungated) detections and the gate's p."""
+    row = {"image_id": image_id, "p_abnormal": np.nan if p_abnormal is None else float(p_abnormal)}
+    row.update(zip(CLASS_COLUMNS, class_max_scores(det).tolist()))
+    return row
+
+
+def image_level_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> a frame with exactly :data:`IMAGE_LEVEL_COLUMNS`, sorted by image_id."""
+    df = pd.DataFrame(rows, columns=IMAGE_LEVEL_COLUMNS)
+    return df.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def write_image_level(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Write the CSV atomically (a temporary file renamed over the target)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    frame[IMAGE_LEVEL_COLUMNS].to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+    return path
+
+
+def read_image_level(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and check an image-level CSV (columns, unique ids, probabilities in [0, 1])."""
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"cannot read image-level CSV {path}: {e}") from e
+    missing = [c for c in IMAGE_LEVEL_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(
+            f"{path}: expected columns {','.join(IMAGE_LEVEL_COLUMNS)}, missing {','.join(missing)}; "
+            "write it with `cxrdet infer --image-level-out`"
+        )
+    dup = df["image_id"].duplicated(keep="first")
+    if dup.any():
+        line = int(np.flatnonzero(dup.to_numpy())[0]) + 2  # header is line 1
+        raise UserError(f"{path} line {line}: image_id {df['image_id'][dup].iloc[0]!r} appears twice")
+    values = df[["p_abnormal", *CLASS_COLUMNS]].to_numpy(dtype=np.float64)
+    bad = ~(np.isnan(values) | ((values >= 0) & (values <= 1)))
+    if bad.any():
+        line = int(np.flatnonzero(bad.any(axis=1))[0]) + 2
+        raise UserError(f"{path} line {line}: probabilities must lie in [0, 1]")
+    return df[IMAGE_LEVEL_COLUMNS]

@@ -1,0 +1,282 @@
+"""``cxrdet infer`` (== ``python infer.py``): batch inference -> Kaggle submission CSV.
+
+inputs (DICOM folder | HDF5 cache | PNGs + sizes CSV) -> DataLoader (workers) -> detector(s),
+optional hflip TTA, fused with WBF (cache pixels) -> ORIGINAL DICOM pixels, clipped -> gate
+(DESIGN.md §6, stored thresholds unless overridden) -> submission (atomic, every image once),
+plus an image-level CSV, overlays and an errors CSV.
+
+A failed image is listed in the errors CSV with its reason and the exit code is 3. It is left
+out of the submission (so the file cannot be mistaken for a complete one) unless
+``--on-error normal`` asks for it to be predicted "No finding" (``14 1 0 0 1 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxrdet.boxes import HW
+from cxrdet.classes import NO_FINDING, NORMAL_BOX
+from cxrdet.detections import Detections
+from cxrdet.errors import FailureLog, UserError
+from cxrdet.inference.image_level import image_level_frame, image_level_row, write_image_level
+from cxrdet.inference.mapping import to_original
+from cxrdet.inference.overlay import write_overlay
+from cxrdet.inference.sources import (
+    CacheSource,
+    DicomFolderSource,
+    ImageSource,
+    PngFolderSource,
+    Sample,
+    collate_samples,
+    parse_shard,
+    select_shard,
+)
+from cxrdet.inference.tta import TTA_CHOICES, FusionConfig, predict_fused
+
+# META.csv columns (docs/ARCHITECTURE.md); inputs without DICOM headers leave them missing (NaN)
+META_COLUMNS = [
+    "image_id", "rows", "columns", "photometric_interpretation", "bits_stored", "pixel_spacing_row",
+    "pixel_spacing_col", "patient_age", "patient_sex", "modality", "manufacturer", "transfer_syntax_uid",
+    "window_center", "window_width",
+]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Batch inference: detector(s) + gate -> Kaggle submission CSV with boxes in original "
+        "DICOM pixels (+ image-level CSV, overlays, errors CSV). Exit 3 if some images failed.",
+    )
+    p.add_argument("--model", action="append", required=True, metavar="ARTIFACT_DIR",
+                   help="exported detector (model.pt + config.json, e.g. RUN/export); repeat to ensemble (WBF)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dicom-dir", help="folder of .dicom/.dcm files, preprocessed exactly as `cxrdet prepare`")
+    src.add_argument("--cache", help="HDF5 cache from `cxrdet prepare` (its size/windowing must match the detector's)")
+    src.add_argument("--png-dir", help="folder of <image_id>.png (8- or 16-bit, any size); needs --png-sizes")
+    p.add_argument("--png-sizes", help="CSV image_id,dim0,dim1 of ORIGINAL sizes (dim0 = rows, dim1 = columns)")
+    p.add_argument("--meta", help="META.csv for --cache input (metadata features of the gate)")
+    p.add_argument("--gate", help="gate folder (gate.ubj + gate_schema.json from `cxrdet train-gate`)")
+    p.add_argument("--low", type=float, help="override the gate's stored low threshold")
+    p.add_argument("--high", type=float, help="override the gate's stored high threshold")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="none", help="test-time augmentation (fused with WBF)")
+    p.add_argument("--wbf-iou", type=float, default=FusionConfig.iou_thr, help="IoU of the WBF that fuses TTA views / models")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (reading/preprocessing)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
+    p.add_argument("--shard", metavar="i/n", help="process shard i of n (0 <= i < n); combine with `cxrdet merge-submissions`")
+    p.add_argument("--vis-dir", help="write an overlay PNG per image here")
+    p.add_argument("--vis-min-score", type=float, default=0.3, help="boxes below this score are not drawn")
+    p.add_argument("--image-level-out", help="CSV image_id,p_abnormal,p_0..p_13")
+    p.add_argument("--errors-out", help="errors CSV (default: <out stem>.errors.csv beside --out)")
+    p.add_argument("--on-error", choices=("fail", "normal"), default="fail",
+                   help="failed images: fail = leave out of the submission (exit 3); normal = predict "
+                   "'14 1 0 0 1 1' for them (still listed, exit 3)")
+    p.add_argument("--out", required=True, help="submission CSV (image_id,PredictionString), written atomically")
+    return p
+
+
+@dataclass
+class GateRuntime:
+    """A loaded gate, the thresholds in force and the feature groups its schema wants."""
+
+    classifier: object
+    low: float
+    high: float
+    groups: frozenset[str]  # subset of {"metadata", "pixel", "detector"}
+
+
+@dataclass
+class Outputs:
+    """Everything a run produced, keyed by image_id."""
+
+    predictions: dict[str, Detections] = field(default_factory=dict)
+    orig_sizes: dict[str, HW] = field(default_factory=dict)
+    image_level: list[dict] = field(default_factory=list)
+    failures: FailureLog = field(default_factory=FailureLog)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations argparse cannot express."""
+    if args.png_dir and not args.png_sizes:
+        raise UserError("--png-dir needs --png-sizes CSV (image_id,dim0,dim1 of the original DICOM sizes)")
+    if args.png_sizes and not args.png_dir:
+        raise UserError("--png-sizes only applies with --png-dir")
+    if args.meta and not args.cache:
+        raise UserError("--meta only applies with --cache (DICOM input reads its own metadata)")
+    if (args.low is not None or args.high is not None) and not args.gate:
+        raise UserError("--low/--high override the gate's thresholds: they need --gate")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    if not 0 < args.wbf_iou < 1:
+        raise UserError(f"--wbf-iou must be in (0, 1), got {args.wbf_iou}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_detectors(dirs: list[str], device: torch.device) -> tuple[list, object]:
+    """Load every artifact; they must share the cache settings they were trained on."""
+    from cxrdet.detector.export import load_detector
+    from cxrdet.preprocess.cache import CacheSettings
+
+    models, settings = [], None
+    for d in dirs:
+        model, cfg = load_detector(d, map_location=device)
+        these = CacheSettings(size=int(cfg.cache_size), voi=str(cfg.cache_voi))
+        if settings is not None and these != settings:
+            raise UserError(
+                f"--model {d} was trained on cache {these} but {dirs[0]} on {settings}; "
+                "ensembled detectors must share the cache size and windowing"
+            )
+        settings = these
+        models.append(model.to(device).eval())
+    return models, settings
+
+
+def load_gate(args: argparse.Namespace) -> GateRuntime | None:
+    if not args.gate:
+        return None
+    from cxrdet.gate.features import feature_group
+    from cxrdet.gate.model import GateClassifier
+
+    gate = GateClassifier.load(args.gate)
+    low = gate.low_ if args.low is None else args.low
+    high = gate.high_ if args.high is None else args.high
+    if not 0 <= low < high <= 1:
+        raise UserError(f"gate thresholds need 0 <= low < high <= 1, got low={low}, high={high}")
+    groups = frozenset(feature_group(n) for n in gate.feature_names_)
+    return GateRuntime(gate, float(low), float(high), groups)
+
+
+def build_source(args: argparse.Namespace, settings, with_features: bool) -> ImageSource:
+    if args.dicom_dir:
+        source: ImageSource = DicomFolderSource(args.dicom_dir, settings, with_features)
+    elif args.cache:
+        source = CacheSource(args.cache, settings, args.meta, with_features)
+    else:
+        source = PngFolderSource(args.png_dir, args.png_sizes, settings.size, with_features)
+    if args.shard:
+        i, n = parse_shard(args.shard)
+        source.restrict(select_shard(source.ids, i, n))
+    return source
+
+
+def gate_probabilities(gate: GateRuntime, samples: list[Sample], dets: list[Detections]) -> np.ndarray:
+    """P(abnormal) per sample from the feature groups the gate was trained with."""
+    from cxrdet.gate.features import build_features
+
+    meta = pd.DataFrame([{**{c: s.meta.get(c, np.nan) for c in META_COLUMNS}, "image_id": s.image_id} for s in samples])
+    pixels = pd.DataFrame([{"image_id": s.image_id, **s.features} for s in samples]) if "pixel" in gate.groups else None
+    evidence = {s.image_id: d for s, d in zip(samples, dets)} if "detector" in gate.groups else None
+    features = build_features(meta, pixels, evidence)
+    return np.asarray(gate.classifier.p_abnormal(features), dtype=np.float64).reshape(-1)
+
+
+def normal_call() -> Detections:
+    """The competition's "No finding" prediction ``14 1 0 0 1 1``."""
+    return Detections(np.asarray([NORMAL_BOX]), np.ones(1), np.asarray([NO_FINDING]))
+
+
+def process_batch(samples: list[Sample], models: list, gate: GateRuntime | None, args, out: Outputs) -> None:
+    """Detect, map to original pixels, gate, record and draw one batch of good samples."""
+    from cxrdet.detector.predict import predict
+    from cxrdet.gate_rules import apply_gate
+
+    fns = [lambda ims, m=m: predict(m, ims) for m in models]
+    fused = predict_fused(fns, [s.image for s in samples], args.tta, FusionConfig(iou_thr=args.wbf_iou))
+    dets = [to_original(d, s.image.shape[:2], s.orig_hw) for d, s in zip(fused, samples)]
+    probs = gate_probabilities(gate, samples, dets) if gate else [None] * len(samples)
+    for s, det, p in zip(samples, dets, probs):
+        final = apply_gate(det, float(p), gate.low, gate.high) if gate else det
+        out.predictions[s.image_id] = final
+        out.orig_sizes[s.image_id] = s.orig_hw
+        out.image_level.append(image_level_row(s.image_id, det, p))
+        if args.vis_dir:
+            write_overlay(args.vis_dir, s.image_id, s.image, final, s.orig_hw, args.vis_min_score)
+
+
+def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args, device) -> Outputs:
+    """The batched loop over ``source`` with a progress bar."""
+    loader = DataLoader(
+        source,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        collate_fn=collate_samples,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    out = Outputs()
+    with torch.inference_mode(), tqdm(total=len(source), unit="img", desc="infer", file=sys.stderr) as bar:
+        for batch in loader:
+            good = [s for s in batch if s.error is None]
+            for s in batch:
+                if s.error is not None:
+                    out.failures.add(s.image_id, s.error)
+            if good:
+                process_batch(good, models, gate, args, out)
+            bar.update(len(batch))
+    return out
+
+
+def write_outputs(args, source: ImageSource, out: Outputs, gate: GateRuntime | None) -> Path:
+    """Submission (atomic, sorted ids), image-level CSV, errors CSV; returns the errors CSV path."""
+    from cxrdet.submission import write_submission
+
+    failed = [item for item, _ in out.failures.rows]
+    if args.on_error == "normal":
+        for image_id in failed:
+            out.predictions[image_id] = normal_call()
+    ids = sorted(out.predictions)
+    write_submission(args.out, out.predictions, ids, out.orig_sizes)
+    if args.image_level_out:
+        write_image_level(args.image_level_out, image_level_frame(out.image_level))
+    errors_csv = Path(args.errors_out) if args.errors_out else Path(args.out).with_suffix(".errors.csv")
+    return errors_csv
+
+
+def main(args: argparse.Namespace) -> int:
+    check_args(args)
+    device = resolve_device(args.device)
+    models, settings = load_detectors(args.model, device)
+    gate = load_gate(args)
+    source = build_source(args, settings, with_features=gate is not None and "pixel" in gate.groups)
+    what = f"{len(source)} images" + (f" (shard {args.shard})" if args.shard else "")
+    print(f"infer: {what}, {len(models)} detector(s), tta={args.tta}, cache {settings}, device {device}", file=sys.stderr)
+    if gate is None:
+        print("infer: note: no --gate: the submission holds the detections only, with no "
+              "'No finding' (class 14) calls; pass --gate GATE_DIR for the 2-class filter", file=sys.stderr)
+    else:
+        print(f"infer: gate thresholds low={gate.low:g} high={gate.high:g}", file=sys.stderr)
+        if not args.dicom_dir and not args.meta and "metadata" in gate.groups:
+            print("infer: warning: the gate sees no DICOM metadata (age, sex, spacing, ...) for this input, "
+                  "only the image size; pass --meta META.csv with --cache for its full accuracy", file=sys.stderr)
+    start = time.perf_counter()
+    out = run_inference(source, models, gate, args, device)
+    elapsed = time.perf_counter() - start
+    errors_csv = write_outputs(args, source, out, gate)
+    n_ok = len(source) - len(out.failures)
+    print(f"infer: {n_ok}/{len(source)} images in {elapsed:.1f} s ({n_ok / max(elapsed, 1e-9):.2f} img/s) -> {args.out}",
+          file=sys.stderr)
+    if args.image_level_out:
+        print(f"infer: image-level probabilities -> {args.image_level_out}", file=sys.stderr)
+    if args.vis_dir:
+        print(f"infer: overlays -> {args.vis_dir}", file=sys.stderr)
+    if len(out.failures):
+        fate = ("predicted 'No finding' as --on-error normal asked" if args.on_error == "normal"
+                else "LEFT OUT of the submission (rerun with --on-error normal to predict them 'No finding')")
+        print(f"infer: {len(out.failures)} failed image(s) {fate}", file=sys.stderr)
+    return out.failures.report(errors_csv)

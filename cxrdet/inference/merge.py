@@ -1,0 +1,136 @@
+"""``cxrdet merge-submissions``: combine the shard outputs of ``cxrdet infer --shard i/n``.
+
+Sharded inference, step by step::
+
+    cxrdet infer --model RUN/artifact --dicom-dir test/ --shard 0/4 --out sub_0.csv --image-level-out il_0.csv
+    ...                                               (shards 1/4, 2/4, 3/4 on other machines)
+    cxrdet merge-submissions --out submission.csv sub_*.csv \
+        --image-level il_*.csv --image-level-out image_level.csv
+
+Shards are a deterministic split of the sorted image ids, so the merged file is identical to
+an unsharded run's. Rows are copied verbatim (no float re-formatting) and sorted by image_id.
+An image_id in two inputs, or a PredictionString that does not parse, stops the merge with the
+file and line; ``--expect N`` also checks that no shard is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+from cxrdet.errors import UserError
+
+HEADER = ["image_id", "PredictionString"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Combine shard submissions (and image-level CSVs) of `cxrdet infer --shard i/n`; "
+        "refuses an image that appears in two shards.",
+    )
+    p.add_argument("shards", nargs="+", metavar="SHARD.csv", help="submission CSVs of the shards")
+    p.add_argument("--out", required=True, help="merged submission CSV (written atomically)")
+    p.add_argument("--image-level", nargs="*", default=[], metavar="IL.csv",
+                   help="image-level CSVs of the shards (from `cxrdet infer --image-level-out`)")
+    p.add_argument("--image-level-out", default=None, help="merged image-level CSV")
+    p.add_argument("--expect", type=int, default=None, metavar="N",
+                   help="number of images the merged submission must have (catches a missing shard)")
+    return p
+
+
+def read_rows(path: str | os.PathLike, header: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """A CSV's header and rows; ``header`` (if given) must match exactly."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e}") from e
+    if not rows:
+        raise UserError(f"{path}: empty file, expected a header line")
+    if header is not None and rows[0] != header:
+        raise UserError(f"{path} line 1: expected header {','.join(header)}, found {','.join(rows[0])}")
+    width = len(rows[0])
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            raise UserError(f"{path} line {line}: expected {width} fields, found {len(row)}")
+    return rows[0], rows[1:]
+
+
+def merge_rows(files: list[str], header: list[str] | None, check=None) -> tuple[list[str], list[list[str]]]:
+    """Rows of all ``files`` sorted by their first column; a repeated id is a UserError."""
+    seen: dict[str, str] = {}
+    merged: list[list[str]] = []
+    first_header: list[str] | None = None
+    for path in files:
+        head, rows = read_rows(path, header)
+        if first_header is None:
+            first_header = head
+        elif head != first_header:
+            raise UserError(f"{path} line 1: header {','.join(head)} differs from {files[0]}'s")
+        for line, row in enumerate(rows, start=2):
+            image_id = row[0]
+            if image_id in seen:
+                raise UserError(
+                    f"{path} line {line}: image_id {image_id!r} is also in {seen[image_id]}; "
+                    "shards must not overlap (use the same n and distinct i in --shard i/n)"
+                )
+            if check is not None:
+                check(path, line, row)
+            seen[image_id] = str(path)
+            merged.append(row)
+    merged.sort(key=lambda r: r[0])
+    return first_header or [], merged
+
+
+def write_rows_atomic(path: str | os.PathLike, header: list[str], rows: list[list[str]]) -> Path:
+    """Write a CSV through a temporary file renamed over ``path`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def _check_prediction(path: str, line: int, row: list[str]) -> None:
+    from cxrdet.submission import parse_prediction_string
+
+    try:
+        parse_prediction_string(row[1])
+    except (ValueError, UserError) as e:
+        raise UserError(f"{path} line {line}: bad PredictionString: {e}") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    if bool(args.image_level) != bool(args.image_level_out):
+        raise UserError("--image-level and --image-level-out go together")
+    _, rows = merge_rows(args.shards, HEADER, check=_check_prediction)
+    if args.expect is not None and len(rows) != args.expect:
+        raise UserError(
+            f"merged {len(rows)} images from {len(args.shards)} file(s) but --expect {args.expect}; "
+            "a shard is missing or incomplete"
+        )
+    if args.image_level:
+        from cxrdet.inference.image_level import IMAGE_LEVEL_COLUMNS
+
+        il_head, il_rows = merge_rows(args.image_level, IMAGE_LEVEL_COLUMNS)
+        # failed images have no image-level row, so the image-level ids are a subset
+        stray = sorted({r[0] for r in il_rows} - {r[0] for r in rows})
+        if stray:
+            raise UserError(
+                f"the image-level CSVs hold images that no submission has (e.g. {stray[:3]}); "
+                "pass the image-level CSVs of the same shards"
+            )
+    # everything checked: only now write, so a refused merge leaves no output behind
+    write_rows_atomic(args.out, HEADER, rows)
+    print(f"merged {len(rows)} images from {len(args.shards)} shard(s) -> {args.out}")
+    if args.image_level:
+        write_rows_atomic(args.image_level_out, il_head, il_rows)
+        print(f"merged image-level CSV ({len(il_rows)} images) -> {args.image_level_out}")
+    return 0

@@ -1,0 +1,255 @@
+"""Inference inputs as torch Datasets: a DICOM folder, an HDF5 cache, or PNGs + a sizes CSV.
+
+Each source yields a :class:`Sample` per image: the cache-size uint8 image the detector was
+trained on (long side == the detector's cache size, aspect ratio kept), the ORIGINAL DICOM size
+``(rows, columns)`` to map boxes back to, the metadata row and the pixel features for the gate.
+A file that cannot be read gives a Sample with ``error`` set instead of raising, so one bad
+image never stops a DataLoader worker; the command lists it in the errors CSV.
+
+- DICOM folder: the exact ``cxrdet prepare`` code path (:func:`preprocess.pipeline.preprocess_file`).
+- HDF5 cache: :class:`preprocess.cache.CacheReader`, which refuses a cache made with other settings.
+- PNG folder: the popular resized-PNG releases of this dataset (any size, often squashed to a
+  square) plus their CSV ``image_id,dim0,dim1`` (dim0 = rows = height, dim1 = columns = width).
+  Each PNG is resized to the cache size of its original (area interpolation, as prepare does),
+  so the detector sees the aspect ratio it was trained on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import pandas as pd
+from torch.utils.data import Dataset
+
+from cxrdet.boxes import HW, resized_hw
+from cxrdet.errors import UserError
+
+DICOM_SUFFIXES = (".dicom", ".dcm")
+
+
+class Sample(NamedTuple):
+    """One input image, ready for the detector (``image`` is None when ``error`` is set)."""
+
+    image_id: str
+    image: np.ndarray | None  # uint8 [h, w] at the detector's cache size
+    orig_hw: HW | None  # original DICOM (rows, columns)
+    meta: dict  # META.csv row (as much as the input tells)
+    features: dict  # px_* pixel features for the gate (empty when not asked for)
+    error: str | None = None
+
+
+def collate_samples(batch: list[Sample]) -> list[Sample]:
+    """DataLoader collate: images differ in size, so a batch stays a list of Samples."""
+    return list(batch)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> ``(i, n)``; anything else is a UserError."""
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise UserError(f"--shard expects i/n with integers, e.g. 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text}: need n >= 1 and 0 <= i < n (shards are numbered from 0)")
+    return i, n
+
+
+def select_shard(ids: Sequence[str], index: int, count: int) -> list[str]:
+    """Shard ``index`` of ``count``: every count-th id of the SORTED ids, starting at index.
+
+    Depends only on the set of ids, so every machine computes the same disjoint split, and the
+    shards are balanced to within one image.
+    """
+    return sorted(ids)[index::count]
+
+
+class ImageSource(Dataset):
+    """Common part: an ordered id list and error capture; subclasses implement ``load``."""
+
+    def __init__(self, ids: Sequence[str], size: int, with_features: bool) -> None:
+        self.ids = list(ids)
+        self.size = int(size)
+        self.with_features = with_features
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.ids[index]
+        try:
+            return self.load(image_id)
+        except UserError:
+            raise  # a wrong setting (e.g. a cache of another size) is not a per-image failure
+        except Exception as e:  # one unreadable image must not stop the run; it gets listed
+            return Sample(image_id, None, None, {}, {}, f"{type(e).__name__}: {e}")
+
+    def load(self, image_id: str) -> Sample:
+        raise TypeError(f"{type(self).__name__} must define load()")
+
+    def restrict(self, ids: Sequence[str]) -> "ImageSource":
+        """Keep only ``ids`` (in the given order), e.g. one shard."""
+        self.ids = list(ids)
+        return self
+
+    def _features(self, image: np.ndarray) -> dict:
+        if not self.with_features:
+            return {}
+        from cxrdet.preprocess.features import pixel_features
+
+        return dict(pixel_features(image))
+
+
+def list_dicom_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """``image_id -> path`` of the ``.dicom``/``.dcm`` files under ``folder`` (recursively)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"--dicom-dir {root}: not a folder; point it at the folder of .dicom/.dcm files")
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in DICOM_SUFFIXES and path.is_file():
+            if path.stem in found:
+                raise UserError(
+                    f"image id {path.stem!r} occurs twice: {found[path.stem]} and {path}; "
+                    "image ids (file names without extension) must be unique"
+                )
+            found[path.stem] = path
+    if not found:
+        raise UserError(f"--dicom-dir {root}: no .dicom or .dcm files found")
+    return found
+
+
+class DicomFolderSource(ImageSource):
+    """DICOM files preprocessed on the fly exactly as ``cxrdet prepare`` does."""
+
+    def __init__(self, folder: str | os.PathLike, settings, with_features: bool = True) -> None:
+        self.paths = list_dicom_files(folder)
+        self.settings = settings
+        super().__init__(sorted(self.paths), settings.size, with_features)
+
+    def load(self, image_id: str) -> Sample:
+        from cxrdet.preprocess.pipeline import preprocess_file
+
+        prepared = preprocess_file(self.paths[image_id], self.settings)
+        orig_hw = (int(prepared.orig_hw[0]), int(prepared.orig_hw[1]))
+        features = dict(prepared.features) if self.with_features else {}
+        return Sample(prepared.image_id, prepared.image, orig_hw, dict(prepared.meta), features)
+
+
+class CacheSource(ImageSource):
+    """Images of an HDF5 cache (``cxrdet prepare`` output), metadata from its META.csv."""
+
+    def __init__(self, path: str | os.PathLike, settings, meta_csv: str | os.PathLike | None = None,
+                 with_features: bool = True) -> None:
+        from cxrdet.preprocess.cache import CacheReader
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"--cache {self.path}: no such file; make it with `cxrdet prepare`")
+        self.reader = CacheReader(self.path, expect=settings)
+        self.meta = read_meta_table(meta_csv) if meta_csv is not None else {}
+        super().__init__(sorted(self.reader.ids), settings.size, with_features)
+
+    def load(self, image_id: str) -> Sample:
+        image, attrs = self.reader.read(image_id)
+        orig_hw = (int(attrs["orig_height"]), int(attrs["orig_width"]))
+        meta = self.meta.get(image_id) or {"image_id": image_id, "rows": orig_hw[0], "columns": orig_hw[1]}
+        return Sample(image_id, np.asarray(image, dtype=np.uint8), orig_hw, dict(meta), self._features(image))
+
+
+def read_meta_table(path: str | os.PathLike) -> dict[str, dict]:
+    """META.csv -> ``{image_id: row dict}`` (missing values stay NaN)."""
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"cannot read metadata CSV {path}: {e}; pass the META.csv `cxrdet prepare` wrote") from e
+    if "image_id" not in df.columns:
+        raise UserError(f"{path}: expected an image_id column (META.csv from `cxrdet prepare`), found {list(df.columns)}")
+    return {str(r["image_id"]): r for r in df.to_dict("records")}
+
+
+def read_png_sizes(path: str | os.PathLike) -> dict[str, HW]:
+    """The sizes CSV ``image_id,dim0,dim1`` -> ``{image_id: (rows, columns)}``, validated."""
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"cannot read --png-sizes {path}: {e}") from e
+    missing = [c for c in ("image_id", "dim0", "dim1") if c not in df.columns]
+    if missing:
+        raise UserError(
+            f"--png-sizes {path}: expected columns image_id,dim0,dim1 (dim0 = rows = original height, "
+            f"dim1 = columns = original width), missing {','.join(missing)}"
+        )
+    sizes: dict[str, HW] = {}
+    for line, (image_id, d0, d1) in enumerate(df[["image_id", "dim0", "dim1"]].itertuples(index=False), start=2):
+        dims = (_positive_int(d0), _positive_int(d1))
+        if None in dims:
+            raise UserError(f"--png-sizes {path} line {line}: dim0/dim1 must be positive integers, got {d0!r},{d1!r}")
+        if image_id in sizes:
+            raise UserError(f"--png-sizes {path} line {line}: image_id {image_id!r} appears twice")
+        sizes[str(image_id)] = dims  # type: ignore[assignment]
+    return sizes
+
+
+def _positive_int(value) -> int | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if math.isfinite(f) and f >= 1 and f == int(f) else None
+
+
+def png_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """A decoded PNG (8/16-bit, grey/BGR/BGRA) -> uint8 grey.
+
+    16-bit PNGs are min-max scaled to 0..255 (the "min-max" VOI of prepare): releases store
+    either the full 16-bit range or the 12-14 bits of the detector, and min-max handles both.
+    """
+    if pixels.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if pixels.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        pixels = cv2.cvtColor(pixels, code)
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype != np.uint16:
+        raise ValueError(f"PNG pixel type {pixels.dtype} unsupported; expected 8- or 16-bit")
+    lo, hi = float(pixels.min()), float(pixels.max())
+    scaled = (pixels.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+class PngFolderSource(ImageSource):
+    """``<image_id>.png`` files plus the original sizes; every PNG must have a size row."""
+
+    def __init__(self, folder: str | os.PathLike, sizes_csv: str | os.PathLike, size: int,
+                 with_features: bool = True) -> None:
+        root = Path(folder)
+        if not root.is_dir():
+            raise UserError(f"--png-dir {root}: not a folder")
+        self.paths = {p.stem: p for p in sorted(root.glob("*")) if p.suffix.lower() == ".png" and p.is_file()}
+        if not self.paths:
+            raise UserError(f"--png-dir {root}: no .png files found")
+        self.sizes = read_png_sizes(sizes_csv)
+        self.sizes_csv = Path(sizes_csv)
+        super().__init__(sorted(self.paths), size, with_features)
+
+    def load(self, image_id: str) -> Sample:
+        if image_id not in self.sizes:
+            raise KeyError(f"no row for this image in {self.sizes_csv} (needs image_id,dim0,dim1)")
+        orig_hw = self.sizes[image_id]
+        # np.fromfile + imdecode: cv2.imread cannot open non-ASCII paths on every platform
+        raw = np.fromfile(self.paths[image_id], dtype=np.uint8)
+        pixels = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+        if pixels is None:
+            raise ValueError(f"{self.paths[image_id]} is not a readable PNG")
+        grey = png_to_uint8(pixels)
+        h, w = resized_hw(orig_hw, self.size)
+        if grey.shape != (h, w):
+            grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA)
+        meta = {"image_id": image_id, "rows": orig_hw[0], "columns": orig_hw[1]}
+        return Sample(image_id, grey, orig_hw, meta, self._features(grey))
