@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cxrdet.boxes import HW
-from cxrdet.classes import NO_FINDING, NORMAL_BOX
 from cxrdet.detections import Detections
 from cxrdet.errors import FailureLog, UserError
 from cxrdet.inference.image_level import image_level_frame, image_level_row, write_image_level
@@ -156,8 +155,9 @@ def load_gate(args: argparse.Namespace) -> GateRuntime | None:
     gate = GateClassifier.load(args.gate)
     low = gate.low_ if args.low is None else args.low
     high = gate.high_ if args.high is None else args.high
-    if not 0 <= low < high <= 1:
-        raise UserError(f"gate thresholds need 0 <= low < high <= 1, got low={low}, high={high}")
+    if not 0 <= low < high:
+        # high > 1 is allowed: it means "never drop the No finding row" (tuning grids use 1.01)
+        raise UserError(f"gate thresholds need 0 <= low < high, got low={low}, high={high}")
     groups = frozenset(feature_group(n) for n in gate.feature_names_)
     return GateRuntime(gate, float(low), float(high), groups)
 
@@ -184,11 +184,6 @@ def gate_probabilities(gate: GateRuntime, samples: list[Sample], dets: list[Dete
     evidence = {s.image_id: d for s, d in zip(samples, dets)} if "detector" in gate.groups else None
     features = build_features(meta, pixels, evidence)
     return np.asarray(gate.classifier.p_abnormal(features), dtype=np.float64).reshape(-1)
-
-
-def normal_call() -> Detections:
-    """The competition's "No finding" prediction ``14 1 0 0 1 1``."""
-    return Detections(np.asarray([NORMAL_BOX]), np.ones(1), np.asarray([NO_FINDING]))
 
 
 def process_batch(samples: list[Sample], models: list, gate: GateRuntime | None, args, out: Outputs) -> None:
@@ -236,10 +231,13 @@ def write_outputs(args, source: ImageSource, out: Outputs, gate: GateRuntime | N
     """Submission (atomic, sorted ids), image-level CSV, errors CSV; returns the errors CSV path."""
     from cxrdet.submission import write_submission
 
-    failed = [item for item, _ in out.failures.rows]
+    from cxrdet.gate_rules import normal_detection
+
     if args.on_error == "normal":
-        for image_id in failed:
-            out.predictions[image_id] = normal_call()
+        for image_id, _ in out.failures.rows:
+            out.predictions[image_id] = normal_detection(1.0)
+            # its size is unknown (it failed to read), and the class-14 box is never clipped
+            out.orig_sizes[image_id] = (1, 1)
     ids = sorted(out.predictions)
     write_submission(args.out, out.predictions, ids, out.orig_sizes)
     if args.image_level_out:

@@ -85,13 +85,18 @@ def merge_rows(files: list[str], header: list[str] | None, check=None) -> tuple[
     return first_header or [], merged
 
 
-def write_rows_atomic(path: str | os.PathLike, header: list[str], rows: list[list[str]]) -> Path:
-    """Write a CSV through a temporary file renamed over ``path`` (never half-written)."""
+def write_rows_atomic(path: str | os.PathLike, header: list[str], rows: list[list[str]],
+                      lineterminator: str = "\r\n") -> Path:
+    """Write a CSV through a temporary file renamed over ``path`` (never half-written).
+
+    Line ends follow the writer of the inputs (csv module: CRLF for submissions; pandas: LF for
+    image-level CSVs), so a merged file is byte-identical to an unsharded run's.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
+        w = csv.writer(f, lineterminator=lineterminator)
         w.writerow(header)
         w.writerows(rows)
     os.replace(tmp, path)
@@ -102,9 +107,9 @@ def _check_prediction(path: str, line: int, row: list[str]) -> None:
     from cxrdet.submission import parse_prediction_string
 
     try:
-        parse_prediction_string(row[1])
-    except (ValueError, UserError) as e:
-        raise UserError(f"{path} line {line}: bad PredictionString: {e}") from None
+        parse_prediction_string(row[1], where=f"{path} line {line}")
+    except ValueError as e:
+        raise UserError(f"bad PredictionString: {e}") from None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -131,6 +136,6 @@ def main(args: argparse.Namespace) -> int:
     write_rows_atomic(args.out, HEADER, rows)
     print(f"merged {len(rows)} images from {len(args.shards)} shard(s) -> {args.out}")
     if args.image_level:
-        write_rows_atomic(args.image_level_out, il_head, il_rows)
+        write_rows_atomic(args.image_level_out, il_head, il_rows, lineterminator="\n")
         print(f"merged image-level CSV ({len(il_rows)} images) -> {args.image_level_out}")
     return 0

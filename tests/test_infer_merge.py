@@ -1,0 +1,69 @@
+"""`cxrdet merge-submissions`: shard files combine into exactly the unsharded file; overlaps,
+malformed rows and missing shards are refused without writing anything."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrdet.cli import main as cli
+from cxrdet.detections import Detections
+from cxrdet.inference.image_level import image_level_frame, image_level_row, write_image_level
+from cxrdet.inference.sources import select_shard
+from cxrdet.submission import write_submission
+
+IDS = [f"img{i:02d}" for i in range(7)]
+SIZES = {k: (400 + 10 * i, 300) for i, k in enumerate(IDS)}
+
+
+def _preds(ids):
+    out = {}
+    for i, k in enumerate(ids):
+        n = i % 3  # 0, 1 or 2 boxes, so empty strings are merged too
+        out[k] = Detections(np.tile([[10.5, 20.25, 100, 200]], (n, 1)), np.linspace(0.9, 0.3, n), np.arange(n))
+    return out
+
+
+def _write_shards(tmp_path, n):
+    preds = _preds(IDS)
+    subs, ils = [], []
+    for i in range(n):
+        ids = select_shard(IDS, i, n)
+        sub = write_submission(tmp_path / f"sub_{i}.csv", {k: preds[k] for k in ids}, ids, SIZES)
+        il = write_image_level(tmp_path / f"il_{i}.csv",
+                               image_level_frame([image_level_row(k, preds[k], 0.5) for k in ids]))
+        subs.append(str(sub))
+        ils.append(str(il))
+    return preds, subs, ils
+
+
+def test_merged_shards_equal_the_unsharded_files_byte_for_byte(tmp_path):
+    preds, subs, ils = _write_shards(tmp_path, 3)
+    whole = write_submission(tmp_path / "whole.csv", preds, IDS, SIZES)
+    whole_il = write_image_level(tmp_path / "whole_il.csv",
+                                 image_level_frame([image_level_row(k, preds[k], 0.5) for k in IDS]))
+    rc = cli(["merge-submissions", "--out", str(tmp_path / "all.csv"), *subs[::-1],
+              "--image-level", *ils, "--image-level-out", str(tmp_path / "all_il.csv"), "--expect", "7"])
+    assert rc == 0
+    assert (tmp_path / "all.csv").read_bytes() == whole.read_bytes()
+    assert (tmp_path / "all_il.csv").read_bytes() == whole_il.read_bytes()
+
+
+def test_overlapping_shards_are_refused_and_nothing_is_written(tmp_path, capsys):
+    _, subs, _ = _write_shards(tmp_path, 2)
+    rc = cli(["merge-submissions", "--out", str(tmp_path / "all.csv"), subs[0], subs[1], subs[0]])
+    assert rc == 2
+    assert "also in" in capsys.readouterr().err
+    assert not (tmp_path / "all.csv").exists()
+
+
+def test_missing_shard_and_malformed_rows_are_refused(tmp_path, capsys):
+    _, subs, _ = _write_shards(tmp_path, 2)
+    assert cli(["merge-submissions", "--out", str(tmp_path / "a.csv"), subs[0], "--expect", "7"]) == 2
+    assert "missing" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image_id,PredictionString\nx1,3 0.5 10 10 5 20\n")
+    assert cli(["merge-submissions", "--out", str(tmp_path / "b.csv"), subs[0], str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv line 2" in err and "x_max" in err
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
