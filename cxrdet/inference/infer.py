@@ -71,6 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (reading/preprocessing)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
+    p.add_argument("--folds", help="FOLDS.csv (image_id,fold) from `cxrdet split`; with --fold, predict only that "
+                   "fold's images (out-of-fold detections for `cxrdet train-gate --detections`)")
+    p.add_argument("--fold", type=int, help="the fold of --folds to predict (the detector's validation fold)")
     p.add_argument("--shard", metavar="i/n", help="process shard i of n (0 <= i < n); combine with `cxrdet merge-submissions`")
     p.add_argument("--vis-dir", help="write an overlay PNG per image here")
     p.add_argument("--vis-min-score", type=float, default=0.3, help="boxes below this score are not drawn")
@@ -113,6 +116,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--meta only applies with --cache (DICOM input reads its own metadata)")
     if (args.low is not None or args.high is not None) and not args.gate:
         raise UserError("--low/--high override the gate's thresholds: they need --gate")
+    if (args.folds is None) != (args.fold is None):
+        raise UserError("--folds and --fold go together (predict the images of one fold)")
     if args.batch_size < 1 or args.workers < 0:
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if not 0 < args.wbf_iou < 1:
@@ -169,10 +174,32 @@ def build_source(args: argparse.Namespace, settings, with_features: bool) -> Ima
         source = CacheSource(args.cache, settings, args.meta, with_features)
     else:
         source = PngFolderSource(args.png_dir, args.png_sizes, settings.size, with_features)
+    if args.folds:
+        source.restrict(fold_ids(args.folds, args.fold, source.ids))
     if args.shard:
         i, n = parse_shard(args.shard)
         source.restrict(select_shard(source.ids, i, n))
     return source
+
+
+def fold_ids(folds_csv: str, fold: int, available: list[str]) -> list[str]:
+    """The ids of ``fold`` in FOLDS.csv; every one of them must be among the inputs."""
+    try:
+        folds = pd.read_csv(folds_csv, dtype={"image_id": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"cannot read --folds {folds_csv}: {e}") from e
+    if not {"image_id", "fold"} <= set(folds.columns):
+        raise UserError(f"--folds {folds_csv}: expected columns image_id,fold (from `cxrdet split`), "
+                        f"found {','.join(map(str, folds.columns))}")
+    ids = sorted(set(folds.loc[folds["fold"] == fold, "image_id"].astype(str)))
+    if not ids:
+        raise UserError(f"--folds {folds_csv} has no image in fold {fold} "
+                        f"(folds present: {sorted(folds['fold'].unique().tolist())})")
+    absent = sorted(set(ids) - set(available))
+    if absent:
+        raise UserError(f"{len(absent)} image(s) of fold {fold} in {folds_csv} are not among the inputs, "
+                        f"e.g. {absent[:5]}; pass the input (cache) the folds were made for")
+    return ids
 
 
 def gate_probabilities(gate: GateRuntime, samples: list[Sample], dets: list[Detections]) -> np.ndarray:
@@ -252,7 +279,8 @@ def main(args: argparse.Namespace) -> int:
     models, settings = load_detectors(args.model, device)
     gate = load_gate(args)
     source = build_source(args, settings, with_features=gate is not None and "pixel" in gate.groups)
-    what = f"{len(source)} images" + (f" (shard {args.shard})" if args.shard else "")
+    what = f"{len(source)} images" + (f" of fold {args.fold}" if args.folds else "")
+    what += f" (shard {args.shard})" if args.shard else ""
     print(f"infer: {what}, {len(models)} detector(s), tta={args.tta}, cache {settings}, device {device}", file=sys.stderr)
     if gate is None:
         print("infer: note: no --gate: the submission holds the detections only, with no "
