@@ -69,9 +69,13 @@ def read_image_level(path: str | os.PathLike) -> pd.DataFrame:
     if dup.any():
         line = int(np.flatnonzero(dup.to_numpy())[0]) + 2  # header is line 1
         raise UserError(f"{path} line {line}: image_id {df['image_id'][dup].iloc[0]!r} appears twice")
-    values = df[["p_abnormal", *CLASS_COLUMNS]].to_numpy(dtype=np.float64)
-    bad = ~(np.isnan(values) | ((values >= 0) & (values <= 1)))
+    raw = df[["p_abnormal", *CLASS_COLUMNS]]
+    values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    # a cell is bad when it is text that is not a number, or a number outside [0, 1]
+    bad = (np.isnan(values) & raw.notna().to_numpy()) | (values < 0) | (values > 1)
     if bad.any():
         line = int(np.flatnonzero(bad.any(axis=1))[0]) + 2
-        raise UserError(f"{path} line {line}: probabilities must lie in [0, 1]")
-    return df[IMAGE_LEVEL_COLUMNS]
+        raise UserError(f"{path} line {line}: probabilities must be numbers in [0, 1] (or empty)")
+    out = df[["image_id"]].copy()
+    out[raw.columns] = values
+    return out[IMAGE_LEVEL_COLUMNS]

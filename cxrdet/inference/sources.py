@@ -85,10 +85,11 @@ class ImageSource(Dataset):
         image_id = self.ids[index]
         try:
             return self.load(image_id)
-        except UserError:
-            raise  # a wrong setting (e.g. a cache of another size) is not a per-image failure
         except Exception as e:  # one unreadable image must not stop the run; it gets listed
-            return Sample(image_id, None, None, {}, {}, f"{type(e).__name__}: {e}")
+            # (settings are checked when the source is built, so what fails here is the image;
+            # an exception escaping a DataLoader worker would also come back with a traceback)
+            reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            return Sample(image_id, None, None, {}, {}, reason)
 
     def load(self, image_id: str) -> Sample:
         raise TypeError(f"{type(self).__name__} must define load()")
