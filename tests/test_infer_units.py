@@ -138,17 +138,19 @@ def test_image_level_reader_names_the_bad_line(tmp_path):
 
 
 def test_overlay_draws_class_coloured_boxes_and_refuses_escaping_ids(tmp_path):
-    image = np.full((200, 160), 90, dtype=np.uint8)
+    image = np.full((800, 640), 90, dtype=np.uint8)
     det = Detections([[100, 200, 700, 900], [0, 0, 1, 1]], [0.9, 0.3], [3, 14])
     picture = draw_overlay(image, det, orig_hw=(1000, 800))
-    assert picture.shape == (200, 160, 3)
+    assert picture.shape == (800, 640, 3)
     changed = np.any(picture != 90, axis=2)
-    # the box edge at cache x = 100 * 160 / 800 = 20 is drawn, the image centre left alone
-    assert changed[40:180, 20].mean() > 0.9
-    assert not changed[120, 80]
+    # the box's left edge at cache x = 100 * 640 / 800 = 80 is drawn, the image centre left alone
+    assert changed[200:700, 80].mean() > 0.9
+    assert not changed[400, 320]
     assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 3  # colours, not just grey
+    small = draw_overlay(image[::4, ::4], det, orig_hw=(1000, 800))
+    assert max(small.shape[:2]) == 768  # small caches are enlarged so labels stay legible
     path = write_overlay(tmp_path / "vis", "img1", image, det, (1000, 800))
-    assert path.name == "img1.png" and cv2.imread(str(path)).shape == (200, 160, 3)
+    assert path.name == "img1.png" and cv2.imread(str(path)).shape == (800, 640, 3)
     for bad in ("../escape", "a/b", ".."):
         with pytest.raises(UserError):
             write_overlay(tmp_path / "vis", bad, image, det, (1000, 800))
