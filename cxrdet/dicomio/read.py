@@ -1,0 +1,158 @@
+"""One DICOM file -> ``(display image float32 in [0, 1], metadata dict)``.
+
+Pipeline: checks (one greyscale frame, non-empty), decode (optionally at a reduced JPEG 2000
+resolution level), modality LUT / rescale, VOI (VOI LUT Sequence, window, or min-max),
+MONOCHROME1 inversion. Anything that stops a file from becoming a chest X-ray image raises
+``BadDicomError`` with a one-line reason, which ``cxrdet prepare`` lists in its errors CSV.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import JPEG2000, JPEG2000Lossless
+
+from cxrdet.dicomio import intensity, j2k
+from cxrdet.dicomio.errors import BadDicomError
+from cxrdet.dicomio.meta import _dcmread, first_value, image_id_from_path, metadata_from_dataset
+
+__all__ = ["BadDicomError", "read_dicom", "open_image_dataset", "decode_stored", "to_display",
+           "j2k_reduce_level"]
+
+
+def read_dicom(
+    path: str | os.PathLike, voi: str = "auto", *, reduce_to: int | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read ``path`` as a display image (float32 ``[h, w]`` in ``[0, 1]``, bright bone).
+
+    ``voi``: ``auto`` = VOI LUT Sequence if present, else the first window centre/width, else
+    min-max; ``voi_lut`` / ``window`` ask for one (falling back to min-max when the file lacks
+    it); ``minmax`` ignores the file's presentation tags. ``reduce_to``: a JPEG 2000 file may be
+    decoded at a coarser wavelet level whose long side is still >= ``reduce_to`` pixels (the
+    caller resizes to that size anyway); None decodes every file in full.
+
+    The metadata dict holds the META.csv columns plus ``voi_applied`` and ``decoded_hw``.
+    """
+    if voi not in intensity.VOI_CHOICES:
+        raise ValueError(f"voi must be one of {intensity.VOI_CHOICES}, got {voi!r}")
+    ds = open_image_dataset(path)
+    stored = decode_stored(ds, reduce_to)
+    image, applied = to_display(stored, ds, voi)
+    meta = metadata_from_dataset(ds, image_id_from_path(path))
+    meta["voi_applied"] = applied
+    meta["decoded_hw"] = tuple(int(n) for n in stored.shape)
+    return image, meta
+
+
+def open_image_dataset(path: str | os.PathLike) -> Dataset:
+    """Read a file and check it holds one greyscale frame; BadDicomError otherwise."""
+    ds = _dcmread(path, stop_before_pixels=False)
+    if "PixelData" not in ds:
+        raise BadDicomError("no PixelData element (7FE0,0010): the file holds no image")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if samples != 1 or photometric not in {"MONOCHROME1", "MONOCHROME2"}:
+        raise BadDicomError(
+            f"colour or non-greyscale image (SamplesPerPixel={samples}, "
+            f"PhotometricInterpretation={photometric or 'missing'}); expected MONOCHROME1/2"
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise BadDicomError(f"multi-frame image ({frames} frames); expected a single radiograph")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise BadDicomError(f"zero-size image (Rows={rows}, Columns={cols})")
+    return ds
+
+
+def j2k_reduce_level(orig_hw: tuple[int, int], target: int, max_level: int = 5) -> int:
+    """Coarsest JPEG 2000 level whose long side, ``ceil(long / 2**r)``, is still >= ``target``."""
+    long_side, level = max(orig_hw), 0
+    while level < max_level and math.ceil(long_side / 2 ** (level + 1)) >= target:
+        level += 1
+    return level
+
+
+def decode_stored(ds: Dataset, reduce_to: int | None = None) -> np.ndarray:
+    """Stored pixel values ``[h, w]``; a JPEG 2000 file may come back at a reduced level."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if reduce_to and ts in (JPEG2000Lossless, JPEG2000) and j2k.available():
+        level = j2k_reduce_level((int(ds.Rows), int(ds.Columns)), reduce_to)
+        if level > 0:
+            try:
+                codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
+                return j2k.decode(codestream, reduce=level)
+            except (RuntimeError, StopIteration, ValueError):
+                pass  # e.g. fewer wavelet levels than asked: the full decode below decides
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except Exception as e:  # decoders raise many types; for the user they all mean "corrupt"
+        raise BadDicomError(f"pixel data cannot be decoded ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2:
+        raise BadDicomError(f"decoded pixels have shape {arr.shape}; expected [rows, columns]")
+    return arr
+
+
+def to_display(stored: np.ndarray, ds: Dataset, voi: str = "auto") -> tuple[np.ndarray, str]:
+    """Modality LUT, VOI and inversion -> ``([0, 1] float32 image, name of the VOI used)``."""
+    if "ModalityLUTSequence" in ds:
+        values = apply_modality_lut(stored, ds).astype(np.float32)
+    else:
+        slope = _float(ds.get("RescaleSlope"), 1.0)
+        intercept = _float(ds.get("RescaleIntercept"), 0.0)
+        values = intensity.rescale(stored, slope if slope != 0 else 1.0, intercept)
+    image, applied = None, "minmax"
+    if voi in ("auto", "voi_lut"):
+        image = _apply_voi_lut(values, ds)
+        applied = "voi_lut"
+    if image is None and voi in ("auto", "window"):
+        image = _apply_window(values, ds)
+        applied = "window"
+    if image is None:
+        image, applied = intensity.minmax(values), "minmax"
+    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
+        image = intensity.invert(image)
+    return image, applied
+
+
+def _apply_voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return None
+    item = seq[0]
+    if "LUTDescriptor" not in item or "LUTData" not in item:
+        return None
+    n_entries, first_mapped = int(item.LUTDescriptor[0]), int(item.LUTDescriptor[1])
+    if first_mapped >= 32768 and int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        first_mapped -= 65536  # US-encoded descriptor of a signed image (PS3.3 C.11.2.1.1)
+    data = item.LUTData
+    table = np.frombuffer(data, dtype="<u2") if isinstance(data, bytes) else np.atleast_1d(np.asarray(data))
+    if table.size < 2:
+        return None
+    n_entries = n_entries or 65536
+    return intensity.voi_lut(values, table[: min(n_entries, table.size)], first_mapped)
+
+
+def _apply_window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    center, width = first_value(ds.get("WindowCenter")), first_value(ds.get("WindowWidth"))
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if math.isnan(center) or math.isnan(width) or width < 1 or (width <= 0 and function == "LINEAR_EXACT"):
+        return None
+    return intensity.window(values, center, width, function)
+
+
+def _float(value: Any, default: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
