@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cxrdet.classes import NO_FINDING, NUM_FINDINGS
+from cxrdet.classes import NUM_FINDINGS
 from cxrdet.detections import DET_COLUMNS, Detections
 from cxrdet.errors import UserError
 

@@ -1,8 +1,10 @@
 """``GateClassifier``: XGBoost P(abnormal) per image, scikit-learn style, saved without pickle.
 
-Training (``fit``) runs a stratified K-fold: each fold's booster grows until the ROC AUC on the
+Training (``fit``) runs a stratified K-fold: each fold's booster grows until the log loss on the
 fold's held-out part stops improving for ``early_stopping_rounds`` rounds; its predictions on
-that part are the out-of-fold (OOF) probabilities. Because the held-out part also picked the
+that part are the out-of-fold (OOF) probabilities. Log loss, not AUC, decides the stopping round:
+the gate thresholds act on probabilities, so they must be calibrated, and AUC can peak on the
+first tree (separable data) while the probabilities are still near the prior. Because the held-out part also picked the
 stopping round, OOF AUC is slightly optimistic (one number tuned per fold, not per tree).
 The final model is ONE booster trained on all rows for the mean best round count of the folds:
 one file, one prediction path, and every row helps, instead of averaging K boosters.
@@ -49,7 +51,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         colsample_bytree: float = 0.8,  # feature bagging: ~80 correlated detector columns
         reg_lambda: float = 1.0,  # XGBoost's default L2
         n_folds: int = 5,  # used when fit() gets no fold assignment
-        early_stopping_rounds: int = 100,  # patience in rounds of the held-out AUC
+        early_stopping_rounds: int = 100,  # patience in rounds of the held-out log loss
         random_state: int = 0,  # seeds the folds and XGBoost's sampling
         n_jobs: int | None = None,  # XGBoost threads; None = all cores
     ) -> None:
@@ -132,7 +134,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
     def _params(self) -> dict:
         params = {
             "objective": "binary:logistic",
-            "eval_metric": "auc",
+            "eval_metric": "logloss",
             "tree_method": "hist",
             "eta": self.learning_rate,
             "max_depth": self.max_depth,
@@ -180,8 +182,9 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
 
     def set_thresholds(self, low: float, high: float, source: str) -> "GateClassifier":
         """The gate thresholds saved with the model (DESIGN.md §6); ``source`` says why."""
-        if not 0.0 <= low < high <= 1.0:
-            raise UserError(f"gate thresholds need 0 <= low < high <= 1, got low={low}, high={high}")
+        if not (np.isfinite(low) and np.isfinite(high) and 0.0 <= low < high):
+            # high > 1 is allowed: it means "never boxes only" (always hedge with class 14)
+            raise UserError(f"gate thresholds need 0 <= low < high, got low={low}, high={high}")
         self.low_, self.high_, self.threshold_source_ = float(low), float(high), str(source)
         return self
 

@@ -1,0 +1,258 @@
+"""``cxrdet train-gate``: train the normal/abnormal gate and write model, schema and report.
+
+Outputs in ``--out``: ``gate.ubj`` + ``gate_schema.json`` (the model, loaded by inference with
+``GateClassifier.load``), ``report.json`` (AUC per fold and out-of-fold, zone confusion at the
+thresholds, feature importance, ablation, threshold tuning) and ``feature_importance.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrdet.detections import Detections
+from cxrdet.errors import UserError
+from cxrdet.gate.features import FEATURE_GROUPS, META_REQUIRED, build_features, feature_group
+from cxrdet.gate.inputs import (
+    abnormal_targets,
+    check_out_of_fold,
+    read_detections,
+    read_fold_column,
+    read_pixel_table,
+    read_table,
+    read_training_labels,
+    restrict_meta,
+)
+from cxrdet.gate.model import DEFAULT_HIGH, DEFAULT_LOW, GateClassifier, library_versions
+from cxrdet.gate.report import plot_report, write_report_json, zone_confusion
+
+ABNORMAL_RULES = ("any", "majority")
+
+OOF_HELP = """\
+detector evidence (--detections) must be OUT-OF-FOLD: the boxes of every training image must
+come from a detector that was not trained on that image (train one detector per fold with
+`cxrdet train --fold k`, predict each on its own held-out fold, concatenate). In-fold boxes are
+confidently right on the images the detector memorised, so the gate would learn to trust them
+and fail on new images. Pass the detector runs with --detector-run so the command can check
+this: an image is accepted when at least one given run held it out (its fold is the run's
+validation fold); otherwise the command refuses. Without --detector-run it only warns.
+"""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train the XGBoost normal/abnormal gate (DESIGN.md §6) on metadata, pixel "
+        "features and optionally out-of-fold detector evidence.",
+        epilog=OOF_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--meta", required=True, help="META.csv written by `cxrdet prepare --meta-out`")
+    p.add_argument("--pixel-features", default=None,
+                   help="pixel features CSV (default: <meta stem>_pixel_features.csv beside --meta)")
+    p.add_argument("--no-pixel", action="store_true", help="train without pixel features")
+    p.add_argument("--labels", required=True, help="VinBigData label CSV (train.csv) of the images to train on")
+    p.add_argument("--abnormal-rule", choices=ABNORMAL_RULES, default="any",
+                   help="image is abnormal if ANY reader marked a finding (default: boxes a reader "
+                   "drew are ground truth for the metric, so silencing them costs AP) or if a "
+                   "MAJORITY of its readers did")
+    p.add_argument("--out", required=True, help="output folder for the gate (model, schema, report)")
+    p.add_argument("--folds", default=None,
+                   help="FOLDS.csv (image_id,fold) from `cxrdet split`; use the detector's folds "
+                   "so OOF detector evidence and gate folds agree (default: stratified K-fold)")
+    p.add_argument("--n-folds", type=int, default=5, help="folds when --folds is not given (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of XGBoost (default 0)")
+    p.add_argument("--detections", default=None,
+                   help="OUT-OF-FOLD detections of the labelled images (submission CSV or a CSV "
+                   "with image_id,class_id,score,x_min,y_min,x_max,y_max in original pixels): "
+                   "adds detector-evidence features and tunes --low/--high; see below")
+    p.add_argument("--detector-run", action="append", default=[], metavar="DIR",
+                   help="detector run folder (its config.json names folds and fold) that produced "
+                   "--detections; repeat once per fold run. Used to refuse in-fold detections")
+    p.add_argument("--low", type=float, default=None, help=f"fix the low threshold (default: tuned, else {DEFAULT_LOW})")
+    p.add_argument("--high", type=float, default=None, help=f"fix the high threshold (default: tuned, else {DEFAULT_HIGH})")
+    p.add_argument("--n-estimators", type=int, default=2000, help="max boosting rounds per fold (early stopping ends sooner)")
+    p.add_argument("--learning-rate", type=float, default=0.03, help="XGBoost eta (default 0.03)")
+    p.add_argument("--max-depth", type=int, default=4, help="tree depth (default 4)")
+    p.add_argument("--early-stopping", type=int, default=100, help="rounds without held-out log-loss gain before a fold stops (default 100)")
+    p.add_argument("--workers", type=int, default=None, help="XGBoost threads (default: all cores)")
+    p.add_argument("--no-ablation", action="store_true",
+                   help="skip the metadata-only / +pixel comparison (saves one or two CV runs)")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    meta = read_table(Path(args.meta), META_REQUIRED, "regenerate it with `cxrdet prepare --meta-out`")
+    pixel = None if args.no_pixel else read_pixel_table(Path(args.meta), args.pixel_features)
+    labels = read_training_labels(Path(args.labels))
+    y_all = abnormal_targets(labels, args.abnormal_rule)
+    meta = restrict_meta(meta, y_all, Path(args.meta), Path(args.labels))
+    ids = meta["image_id"].tolist()
+    y = y_all.reindex(ids).to_numpy(np.int64)
+    folds = read_fold_column(Path(args.folds), ids) if args.folds else None
+    dets = read_detections(Path(args.detections), ids) if args.detections else None
+    oof_check = check_out_of_fold(args.detector_run, dets, Path(args.detections)) if dets else None
+
+    X = build_features(meta, pixel, dets)
+    gate = make_gate(args).fit(X, y, folds)
+    p_oof = pd.Series(gate.oof_proba_, index=ids)
+    ablation = run_ablation(args, X, y, folds, gate)
+    tuning = choose_thresholds(args, gate, dets, p_oof, labels)
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "abnormal_rule": args.abnormal_rule,
+        "feature_groups": sorted({feature_group(n) for n in X.columns}),
+        "oof_auc_by_feature_set": {k: v["oof_auc"] for k, v in ablation.items()},
+        "detector_oof_check": oof_check,
+    }
+    gate.save(out, summary)
+    report = build_report(args, gate, X, y, ablation, tuning, oof_check)
+    write_report_json(out / "report.json", report)
+    curves = {name: (y, p) for name, (_, p) in ablation_curves(gate, ablation).items()}
+    plot_report(out / "feature_importance.png", gate.feature_importances(), curves, y,
+                gate.oof_proba_, gate.low_, gate.high_)
+    pd.DataFrame({"image_id": ids, "abnormal": y, "p_abnormal_oof": gate.oof_proba_,
+                  "fold": gate.folds_}).to_csv(out / "oof_predictions.csv", index=False)
+    print_summary(out, gate, ablation, report)
+    return 0
+
+
+# ------------------------------------------------------------------ training
+def make_gate(args: argparse.Namespace) -> GateClassifier:
+    return GateClassifier(
+        n_estimators=args.n_estimators,
+        learning_rate=args.learning_rate,
+        max_depth=args.max_depth,
+        n_folds=args.n_folds,
+        early_stopping_rounds=args.early_stopping,
+        random_state=args.seed,
+        n_jobs=args.workers,
+    )
+
+
+def ablation_sets(columns: list[str]) -> dict[str, list[str]]:
+    """Nested feature sets, metadata first, each adding one group present in the table."""
+    groups = [g for g in FEATURE_GROUPS if any(feature_group(c) == g for c in columns)]
+    sets, acc = {}, []
+    for g in groups:
+        acc = acc + [g]
+        sets["+".join(acc)] = [c for c in columns if feature_group(c) in acc]
+    return sets
+
+
+def run_ablation(args, X: pd.DataFrame, y: np.ndarray, folds, gate: GateClassifier) -> dict:
+    """OOF AUC per nested feature set, on the same folds; the full set is the trained gate."""
+    results = {}
+    sets = ablation_sets(list(X.columns))
+    for name, cols in sets.items():
+        if len(cols) == X.shape[1]:
+            model = gate
+        elif args.no_ablation:
+            continue
+        else:
+            model = make_gate(args).fit(X[cols], y, gate.folds_)
+        results[name] = {"oof_auc": model.cv_auc_, "fold_auc": model.fold_auc_,
+                         "n_features": len(cols), "oof_proba": model.oof_proba_}
+    return results
+
+
+def ablation_curves(gate: GateClassifier, ablation: dict) -> dict[str, tuple[int, np.ndarray]]:
+    return {name: (r["n_features"], r["oof_proba"]) for name, r in ablation.items()}
+
+
+def choose_thresholds(args, gate: GateClassifier, dets, p_oof: pd.Series, labels: pd.DataFrame) -> dict:
+    """Tune low/high on the OOF P(abnormal) with the detections; else DESIGN.md defaults."""
+    info: dict = {}
+    low, high = DEFAULT_LOW, DEFAULT_HIGH
+    source = "DESIGN.md defaults: no --detections given, so nothing to tune on"
+    if dets is not None:
+        from cxrdet.gate_rules import DEFAULT_HIGHS, DEFAULT_LOWS, tune_thresholds
+
+        p = {str(i): float(v) for i, v in p_oof.items()}
+        full = {i: dets.get(i, Detections.empty()) for i in p}
+        low, high, table = tune_thresholds(full, p, labels, DEFAULT_LOWS, DEFAULT_HIGHS)
+        source = "tuned on out-of-fold P(abnormal) with --detections (mAP@0.4 on the training labels)"
+        info["grid"] = _records(table)
+        info["tuned"] = {"low": float(low), "high": float(high)}
+    if args.low is not None or args.high is not None:
+        low = args.low if args.low is not None else low
+        high = args.high if args.high is not None else high
+        source = "set on the command line (--low/--high)"
+    gate.set_thresholds(low, high, source)
+    if dets is not None:
+        info.update(gated_vs_ungated(full, p, labels, low, high))
+    return info
+
+
+def gated_vs_ungated(dets: dict[str, Detections], p: dict[str, float], labels, low, high) -> dict:
+    """mAP@0.4 of the detections as they are and after the gate, on the same images."""
+    from cxrdet.gate_rules import apply_gate
+    from cxrdet.metrics import detections_to_frame, evaluate_detections
+
+    gated = {i: apply_gate(d, p[i], low, high) for i, d in dets.items()}
+    out = {}
+    for name, preds in (("ungated", dets), ("gated", gated)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = evaluate_detections(labels, detections_to_frame(preds), pred_image_ids=list(preds))
+        out[f"map_{name}"] = float(result.map)
+        out[f"map_no14_{name}"] = float(result.map_no14)
+    return out
+
+
+def _records(table) -> list[dict]:
+    if isinstance(table, pd.DataFrame):
+        return table.to_dict("records")
+    return list(table)
+
+
+# ------------------------------------------------------------------ report
+def build_report(args, gate: GateClassifier, X, y, ablation, tuning, oof_check) -> dict:
+    folds = args.folds or f"stratified {gate.n_folds}-fold (seed {args.seed})"
+    return {
+        "inputs": {"meta": args.meta, "pixel_features": None if args.no_pixel else (args.pixel_features or "default"),
+                   "labels": args.labels, "folds": args.folds, "detections": args.detections,
+                   "detector_runs": args.detector_run},
+        "n_images": int(len(y)),
+        "n_abnormal": int(y.sum()),
+        "n_normal": int(len(y) - y.sum()),
+        "abnormal_rule": args.abnormal_rule,
+        "n_features": {g: int(sum(feature_group(c) == g for c in X.columns)) for g in FEATURE_GROUPS},
+        "cv": {
+            "folds": folds,
+            "fold_auc": gate.fold_auc_,
+            "oof_auc": gate.cv_auc_,
+            "best_iterations": gate.best_iterations_,
+            "n_rounds_final": gate.n_rounds_,
+            "note": "early stopping watches each held-out fold, so OOF AUC is slightly optimistic; "
+                    "the final booster is trained on all images for the mean best round count",
+        },
+        "thresholds": {"low": gate.low_, "high": gate.high_, "source": gate.threshold_source_},
+        "confusion_oof": zone_confusion(y, gate.oof_proba_, gate.low_, gate.high_),
+        "ablation_oof_auc": {k: {kk: vv for kk, vv in v.items() if kk != "oof_proba"} for k, v in ablation.items()},
+        "threshold_tuning": tuning or None,
+        "detector_oof_check": oof_check,
+        "feature_importance_total_gain": gate.feature_importances().to_dict(),
+        "versions": library_versions(),
+    }
+
+
+def print_summary(out: Path, gate: GateClassifier, ablation: dict, report: dict) -> None:
+    folds = ", ".join(f"{a:.3f}" for a in gate.fold_auc_)
+    print(f"gate: {gate.n_train_} images ({gate.n_abnormal_} abnormal), OOF ROC AUC {gate.cv_auc_:.4f} "
+          f"(folds: {folds}), {gate.n_rounds_} rounds")
+    for name, r in ablation.items():
+        print(f"  OOF AUC {name:<28} {r['oof_auc']:.4f}  ({r['n_features']} features)")
+    c = report["confusion_oof"]
+    print(f"  thresholds low={gate.low_:g} high={gate.high_:g} ({gate.threshold_source_})")
+    print(f"  OOF zones normal: {c['counts']['normal']}  abnormal: {c['counts']['abnormal']}")
+    tuning = report.get("threshold_tuning") or {}
+    if "map_gated" in tuning:
+        print(f"  mAP@0.4 ungated {tuning['map_ungated']:.4f} -> gated {tuning['map_gated']:.4f}")
+    print(f"wrote {out / 'gate.ubj'}, {out / 'gate_schema.json'}, {out / 'report.json'}, "
+          f"{out / 'feature_importance.png'}")
