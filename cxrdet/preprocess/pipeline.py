@@ -1,0 +1,51 @@
+"""The one path from a DICOM file to a cached image: used by ``prepare`` and by inference.
+
+read (decode, rescale, VOI, invert) -> area-resize the float image to ``boxes.resized_hw`` ->
+uint8 -> pixel features. Resizing before quantising avoids rounding twice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cxrdet.boxes import resized_hw
+from cxrdet.dicomio import intensity
+from cxrdet.dicomio.read import read_dicom
+from cxrdet.preprocess.cache import CacheSettings
+from cxrdet.preprocess.features import pixel_features
+
+
+@dataclass
+class PreparedImage:
+    """One file, ready for the cache: uint8 display image at the cache size."""
+
+    image_id: str
+    image: np.ndarray  # uint8 [h, w], long side == settings.size
+    orig_hw: tuple[int, int]  # DICOM (Rows, Columns): boxes map back with these
+    meta: dict[str, Any] = field(default_factory=dict)  # META.csv row (+ voi_applied)
+    features: dict[str, float] = field(default_factory=dict)  # px_* gate features
+
+
+def resize_display(display: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
+    """Area-resize a float ``[0, 1]`` image to ``target_hw`` and quantise to uint8."""
+    if display.shape != tuple(target_hw):
+        display = cv2.resize(display, (int(target_hw[1]), int(target_hw[0])),
+                             interpolation=cv2.INTER_AREA)
+    return intensity.to_uint8(display)
+
+
+def preprocess_file(path: str | os.PathLike, settings: CacheSettings,
+                    with_features: bool = True) -> PreparedImage:
+    """Read one DICOM and make its cache image; raises ``BadDicomError`` for a bad file."""
+    display, meta = read_dicom(path, settings.voi,
+                               reduce_to=settings.size if settings.j2k_reduce else None)
+    orig_hw = (int(meta["rows"]), int(meta["columns"]))
+    image = resize_display(display, resized_hw(orig_hw, settings.size))
+    meta.pop("decoded_hw", None)
+    features = pixel_features(image) if with_features else {}
+    return PreparedImage(meta["image_id"], image, orig_hw, meta, features)
