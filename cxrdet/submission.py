@@ -155,14 +155,16 @@ def write_submission(path: os.PathLike | str, predictions: Mapping[str, Detectio
     if dropped:
         warnings.warn(f"{path}: {dropped} box(es) lay wholly outside their image and were dropped",
                       stacklevel=2)
-    _atomic_write_csv(path, HEADER, rows)
+    atomic_write_csv(path, HEADER, rows)
     return path
 
 
-def _atomic_write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+def atomic_write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    """Write a CSV via a temp file in the same folder and ``os.replace``: never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a submission is meant to be shared
         with os.fdopen(fd, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)

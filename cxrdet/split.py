@@ -1,0 +1,67 @@
+"""``cxrdet split``: multilabel-stratified K-fold split of a label CSV, by image.
+
+Stratifies over the 15 image-level labels (:func:`cxrdet.labels.image_level_labels`) with
+iterative-stratification, so rare findings (Pneumothorax, Atelectasis) land in every fold that
+their count allows. Writes ``image_id,fold`` (fold in 0..K-1) and prints per-fold class counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrdet.classes import CLASS_NAMES
+from cxrdet.errors import UserError
+from cxrdet.labels import image_level_labels, read_labels
+from cxrdet.submission import atomic_write_csv
+
+
+def make_folds(labels: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
+    """``DataFrame(image_id, fold)`` in the labels' image order; each image in exactly one fold."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    y = image_level_labels(labels)
+    if k < 2:
+        raise UserError(f"--folds must be at least 2, got {k}")
+    if k > len(y):
+        raise UserError(f"--folds {k} is more than the {len(y)} labelled images; use at most {len(y)}")
+    fold = np.full(len(y), -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for i, (_, test_idx) in enumerate(splitter.split(np.zeros((len(y), 1)), y.to_numpy())):
+        fold[test_idx] = i
+    return pd.DataFrame({"image_id": y.index.to_numpy(dtype=object), "fold": fold})
+
+
+def fold_class_counts(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows, class names) and fold (columns), plus an ``images`` row."""
+    y = image_level_labels(labels)
+    f = folds.set_index("image_id")["fold"].reindex(y.index)
+    counts = y.groupby(f.to_numpy()).sum().T
+    counts.index = [CLASS_NAMES[c] for c in counts.index]
+    counts.loc["images"] = f.value_counts().sort_index().to_numpy()
+    counts.columns = [f"fold {c}" for c in counts.columns]
+    return counts
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--labels", required=True, help="label CSV (VinBigData train.csv format)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds K")
+    p.add_argument("--seed", type=int, default=42, help="shuffle seed; same seed, same split")
+    p.add_argument("--out", required=True, help="output CSV with columns image_id,fold")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    labels = read_labels(args.labels)
+    folds = make_folds(labels, args.folds, args.seed)
+    out = Path(args.out)
+    atomic_write_csv(out, ["image_id", "fold"], list(folds.itertuples(index=False, name=None)))
+    print(f"{len(folds)} images in {args.folds} folds (seed {args.seed}); images per class and fold:")
+    print(fold_class_counts(labels, folds).to_string())
+    print(f"wrote {out}")
+    return 0
