@@ -78,17 +78,19 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         schema = FeatureSchema.from_frame(X)
         data = schema.encode(X)
         fold_ids = self._fold_ids(y, folds)
+        full = _dmatrix(data, y, self.n_jobs)  # converted once; folds are row slices of it
         oof = np.full(len(y), np.nan)
         fold_auc, best = [], []
         for k in np.unique(fold_ids):
             val = fold_ids == k
-            booster = self._train(data[~val], y[~val], data[val], y[val])
+            held_out = full.slice(np.flatnonzero(val))
+            booster = self._train(full.slice(np.flatnonzero(~val)), held_out)
             rounds = booster.best_iteration + 1
-            oof[val] = booster.predict(_dmatrix(data[val]), iteration_range=(0, rounds))
+            oof[val] = booster.predict(held_out, iteration_range=(0, rounds))
             fold_auc.append(float(roc_auc_score(y[val], oof[val])))
             best.append(int(rounds))
         self.n_rounds_ = max(1, int(round(float(np.mean(best)))))
-        self.booster_ = xgb.train(self._params(), _dmatrix(data, y), num_boost_round=self.n_rounds_)
+        self.booster_ = xgb.train(self._params(), full, num_boost_round=self.n_rounds_)
         self.schema_ = schema
         self.feature_names_ = list(schema.names)
         self.categories_ = {k: list(v) for k, v in schema.categories.items()}
@@ -149,12 +151,12 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
             params["nthread"] = self.n_jobs
         return params
 
-    def _train(self, xt, yt, xv, yv) -> xgb.Booster:
+    def _train(self, train: xgb.DMatrix, held_out: xgb.DMatrix) -> xgb.Booster:
         return xgb.train(
             self._params(),
-            _dmatrix(xt, yt),
+            train,
             num_boost_round=self.n_estimators,
-            evals=[(_dmatrix(xv, yv), "valid")],
+            evals=[(held_out, "valid")],
             early_stopping_rounds=self.early_stopping_rounds,
             verbose_eval=False,
         )
@@ -169,7 +171,8 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         self.schema_.check(X, getattr(self, "source_", "memory"))
         if len(X) == 0:
             return np.zeros(0)
-        return self.booster_.predict(_dmatrix(self.schema_.encode(X))).astype(np.float64)
+        data = _dmatrix(self.schema_.encode(X), n_jobs=self.n_jobs)
+        return self.booster_.predict(data).astype(np.float64)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """scikit-learn style ``[n, 2]``: columns P(normal), P(abnormal)."""
@@ -229,7 +232,8 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
     def load(cls, model_dir: str | Path) -> "GateClassifier":
         """A fitted gate from ``gate.ubj`` + ``gate_schema.json`` (checked, never unpickled)."""
         doc, model_path = _read_schema(Path(model_dir))
-        gate = cls(**doc.get("params", {}))
+        params = {k: v for k, v in doc.get("params", {}).items() if k in cls().get_params()}
+        gate = cls(**{**params, "n_jobs": None})  # threads belong to this machine, not the trainer's
         booster = xgb.Booster()
         try:
             booster.load_model(str(model_path))
@@ -308,8 +312,8 @@ def _check_xy(X, y) -> tuple[pd.DataFrame, np.ndarray]:
     return X, y.astype(np.int64)
 
 
-def _dmatrix(X: pd.DataFrame, y: np.ndarray | None = None) -> xgb.DMatrix:
-    return xgb.DMatrix(X, label=y, enable_categorical=True, missing=np.nan)
+def _dmatrix(X: pd.DataFrame, y: np.ndarray | None = None, n_jobs: int | None = None) -> xgb.DMatrix:
+    return xgb.DMatrix(X, label=y, enable_categorical=True, missing=np.nan, nthread=n_jobs)
 
 
 def _clean(x) -> float | None:
