@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cxrdet.boxes import HW
 from cxrdet.detections import Detections
-from cxrdet.errors import FailureLog, UserError
+from cxrdet.errors import FailureLog, UserError, safe_child
 from cxrdet.inference.image_level import image_level_frame, image_level_row, write_image_level
 from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
@@ -42,14 +42,6 @@ from cxrdet.inference.sources import (
 )
 from cxrdet.inference.tta import TTA_CHOICES, FusionConfig, predict_fused
 
-# META.csv columns (docs/ARCHITECTURE.md); inputs without DICOM headers leave them missing (NaN)
-META_COLUMNS = [
-    "image_id", "rows", "columns", "photometric_interpretation", "bits_stored", "pixel_spacing_row",
-    "pixel_spacing_col", "patient_age", "patient_sex", "modality", "manufacturer", "transfer_syntax_uid",
-    "window_center", "window_width",
-]
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Batch inference: detector(s) + gate -> Kaggle submission CSV with boxes in original "
@@ -62,7 +54,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     src.add_argument("--cache", help="HDF5 cache from `cxrdet prepare` (its size/windowing must match the detector's)")
     src.add_argument("--png-dir", help="folder of <image_id>.png (8- or 16-bit, any size); needs --png-sizes")
     p.add_argument("--png-sizes", help="CSV image_id,dim0,dim1 of ORIGINAL sizes (dim0 = rows, dim1 = columns)")
-    p.add_argument("--meta", help="META.csv for --cache input (metadata features of the gate)")
     p.add_argument("--gate", help="gate folder (gate.ubj + gate_schema.json from `cxrdet train-gate`)")
     p.add_argument("--low", type=float, help="override the gate's stored low threshold")
     p.add_argument("--high", type=float, help="override the gate's stored high threshold")
@@ -112,8 +103,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--png-dir needs --png-sizes CSV (image_id,dim0,dim1 of the original DICOM sizes)")
     if args.png_sizes and not args.png_dir:
         raise UserError("--png-sizes only applies with --png-dir")
-    if args.meta and not args.cache:
-        raise UserError("--meta only applies with --cache (DICOM input reads its own metadata)")
     if (args.low is not None or args.high is not None) and not args.gate:
         raise UserError("--low/--high override the gate's thresholds: they need --gate")
     if (args.folds is None) != (args.fold is None):
@@ -140,8 +129,11 @@ def load_detectors(dirs: list[str], device: torch.device) -> tuple[list, object]
     models, settings = [], None
     for d in dirs:
         model, cfg = load_detector(d, map_location=device)
+        if not cfg.cache_size or not cfg.cache_voi:
+            raise UserError(f"--model {d}: its config.json records no cache size/windowing (cache_size, "
+                            "cache_voi); export it again with this version of `cxrdet train`")
         these = CacheSettings(size=int(cfg.cache_size), voi=str(cfg.cache_voi))
-        if settings is not None and these != settings:
+        if settings is not None and these.identity() != settings.identity():
             raise UserError(
                 f"--model {d} was trained on cache {these} but {dirs[0]} on {settings}; "
                 "ensembled detectors must share the cache size and windowing"
@@ -171,7 +163,7 @@ def build_source(args: argparse.Namespace, settings, with_features: bool) -> Ima
     if args.dicom_dir:
         source: ImageSource = DicomFolderSource(args.dicom_dir, settings, with_features)
     elif args.cache:
-        source = CacheSource(args.cache, settings, args.meta, with_features)
+        source = CacheSource(args.cache, settings, with_features)
     else:
         source = PngFolderSource(args.png_dir, args.png_sizes, settings.size, with_features)
     if args.folds:
@@ -204,6 +196,7 @@ def fold_ids(folds_csv: str, fold: int, available: list[str]) -> list[str]:
 
 def gate_probabilities(gate: GateRuntime, samples: list[Sample], dets: list[Detections]) -> np.ndarray:
     """P(abnormal) per sample from the feature groups the gate was trained with."""
+    from cxrdet.dicomio.meta import META_COLUMNS
     from cxrdet.gate.features import build_features
 
     meta = pd.DataFrame([{**{c: s.meta.get(c, np.nan) for c in META_COLUMNS}, "image_id": s.image_id} for s in samples])
@@ -254,11 +247,10 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
     return out
 
 
-def write_outputs(args, source: ImageSource, out: Outputs, gate: GateRuntime | None) -> Path:
-    """Submission (atomic, sorted ids), image-level CSV, errors CSV; returns the errors CSV path."""
-    from cxrdet.submission import write_submission
-
+def write_outputs(args, out: Outputs) -> None:
+    """Submission (atomic, sorted ids) and the image-level CSV."""
     from cxrdet.gate_rules import normal_detection
+    from cxrdet.submission import write_submission
 
     if args.on_error == "normal":
         for image_id, _ in out.failures.rows:
@@ -269,8 +261,31 @@ def write_outputs(args, source: ImageSource, out: Outputs, gate: GateRuntime | N
     write_submission(args.out, out.predictions, ids, out.orig_sizes)
     if args.image_level_out:
         write_image_level(args.image_level_out, image_level_frame(out.image_level))
-    errors_csv = Path(args.errors_out) if args.errors_out else Path(args.out).with_suffix(".errors.csv")
-    return errors_csv
+
+
+def check_vis_names(vis_dir: str, ids: list[str]) -> None:
+    """Refuse, before any work, image ids that cannot be overlay file names under ``vis_dir``."""
+    for image_id in ids:
+        safe_child(vis_dir, image_id, ".png")
+
+
+def announce(args, source: ImageSource, models: list, settings, device, gate: GateRuntime | None) -> None:
+    what = f"{len(source)} images" + (f" of fold {args.fold}" if args.folds else "")
+    what += f" (shard {args.shard})" if args.shard else ""
+    log(f"{what}, {len(models)} detector(s), tta={args.tta}, cache size {settings.size} voi {settings.voi}, "
+        f"device {device}")
+    if gate is None:
+        log("note: no --gate: the submission holds the detections only, with no 'No finding' (class 14) "
+            "calls; pass --gate GATE_DIR for the 2-class filter")
+        return
+    log(f"gate thresholds low={gate.low:g} high={gate.high:g}")
+    if args.png_dir and "metadata" in gate.groups:
+        log("warning: PNG input has no DICOM metadata (age, sex, spacing, ...): the gate sees only the "
+            "original size, so its P(abnormal) is less accurate than from DICOM files or a cache")
+
+
+def log(message: str) -> None:
+    print(f"infer: {message}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -279,30 +294,25 @@ def main(args: argparse.Namespace) -> int:
     models, settings = load_detectors(args.model, device)
     gate = load_gate(args)
     source = build_source(args, settings, with_features=gate is not None and "pixel" in gate.groups)
-    what = f"{len(source)} images" + (f" of fold {args.fold}" if args.folds else "")
-    what += f" (shard {args.shard})" if args.shard else ""
-    print(f"infer: {what}, {len(models)} detector(s), tta={args.tta}, cache {settings}, device {device}", file=sys.stderr)
-    if gate is None:
-        print("infer: note: no --gate: the submission holds the detections only, with no "
-              "'No finding' (class 14) calls; pass --gate GATE_DIR for the 2-class filter", file=sys.stderr)
-    else:
-        print(f"infer: gate thresholds low={gate.low:g} high={gate.high:g}", file=sys.stderr)
-        if not args.dicom_dir and not args.meta and "metadata" in gate.groups:
-            print("infer: warning: the gate sees no DICOM metadata (age, sex, spacing, ...) for this input, "
-                  "only the image size; pass --meta META.csv with --cache for its full accuracy", file=sys.stderr)
+    if args.vis_dir:
+        check_vis_names(args.vis_dir, source.ids)
+    announce(args, source, models, settings, device, gate)
     start = time.perf_counter()
     out = run_inference(source, models, gate, args, device)
     elapsed = time.perf_counter() - start
-    errors_csv = write_outputs(args, source, out, gate)
+    write_outputs(args, out)
     n_ok = len(source) - len(out.failures)
-    print(f"infer: {n_ok}/{len(source)} images in {elapsed:.1f} s ({n_ok / max(elapsed, 1e-9):.2f} img/s) -> {args.out}",
-          file=sys.stderr)
+    log(f"{n_ok}/{len(source)} images in {elapsed:.1f} s ({n_ok / max(elapsed, 1e-9):.2f} img/s) -> {args.out}")
     if args.image_level_out:
-        print(f"infer: image-level probabilities -> {args.image_level_out}", file=sys.stderr)
+        log(f"image-level probabilities -> {args.image_level_out}")
     if args.vis_dir:
-        print(f"infer: overlays -> {args.vis_dir}", file=sys.stderr)
+        log(f"overlays -> {args.vis_dir}")
     if len(out.failures):
         fate = ("predicted 'No finding' as --on-error normal asked" if args.on_error == "normal"
                 else "LEFT OUT of the submission (rerun with --on-error normal to predict them 'No finding')")
-        print(f"infer: {len(out.failures)} failed image(s) {fate}", file=sys.stderr)
-    return out.failures.report(errors_csv)
+        log(f"{len(out.failures)} failed image(s) {fate}")
+    failures = FailureLog()
+    failures.extend(getattr(source, "listing_failures", FailureLog()))  # e.g. duplicate ids
+    failures.extend(out.failures)
+    errors_csv = Path(args.errors_out) if args.errors_out else Path(args.out).with_suffix(".errors.csv")
+    return failures.report(errors_csv)

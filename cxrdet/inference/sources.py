@@ -7,7 +7,8 @@ A file that cannot be read gives a Sample with ``error`` set instead of raising,
 image never stops a DataLoader worker; the command lists it in the errors CSV.
 
 - DICOM folder: the exact ``cxrdet prepare`` code path (:func:`preprocess.pipeline.preprocess_file`).
-- HDF5 cache: :class:`preprocess.cache.CacheReader`, which refuses a cache made with other settings.
+- HDF5 cache: :class:`preprocess.cache.CacheReader`, which refuses a cache made with other
+  settings; metadata and pixel features come from the rows prepare stored with each image.
 - PNG folder: the popular resized-PNG releases of this dataset (any size, often squashed to a
   square) plus their CSV ``image_id,dim0,dim1`` (dim0 = rows = height, dim1 = columns = width).
   Each PNG is resized to the cache size of its original (area interpolation, as prepare does),
@@ -28,10 +29,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from cxrdet.boxes import HW, resized_hw
-from cxrdet.errors import UserError
-
-DICOM_SUFFIXES = (".dicom", ".dcm")
-
+from cxrdet.errors import FailureLog, UserError
 
 class Sample(NamedTuple):
     """One input image, ready for the detector (``image`` is None when ``error`` is set)."""
@@ -107,72 +105,47 @@ class ImageSource(Dataset):
         return dict(pixel_features(image))
 
 
-def list_dicom_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """``image_id -> path`` of the ``.dicom``/``.dcm`` files under ``folder`` (recursively)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserError(f"--dicom-dir {root}: not a folder; point it at the folder of .dicom/.dcm files")
-    found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in DICOM_SUFFIXES and path.is_file():
-            if path.stem in found:
-                raise UserError(
-                    f"image id {path.stem!r} occurs twice: {found[path.stem]} and {path}; "
-                    "image ids (file names without extension) must be unique"
-                )
-            found[path.stem] = path
-    if not found:
-        raise UserError(f"--dicom-dir {root}: no .dicom or .dcm files found")
-    return found
-
-
 class DicomFolderSource(ImageSource):
-    """DICOM files preprocessed on the fly exactly as ``cxrdet prepare`` does."""
+    """DICOM files preprocessed on the fly exactly as ``cxrdet prepare`` does (same file list,
+    same :func:`preprocess_file`); files prepare would refuse (duplicate ids) become failures."""
 
     def __init__(self, folder: str | os.PathLike, settings, with_features: bool = True) -> None:
-        self.paths = list_dicom_files(folder)
+        from cxrdet.dicomio.meta import image_id_from_path
+        from cxrdet.preprocess.prepare import list_dicoms
+
+        self.listing_failures = FailureLog()
+        paths = list_dicoms(Path(folder), (0, 1), self.listing_failures)
+        self.paths = {image_id_from_path(p): p for p in paths}
         self.settings = settings
         super().__init__(sorted(self.paths), settings.size, with_features)
 
     def load(self, image_id: str) -> Sample:
         from cxrdet.preprocess.pipeline import preprocess_file
 
-        prepared = preprocess_file(self.paths[image_id], self.settings)
+        prepared = preprocess_file(self.paths[image_id], self.settings, with_features=self.with_features)
         orig_hw = (int(prepared.orig_hw[0]), int(prepared.orig_hw[1]))
-        features = dict(prepared.features) if self.with_features else {}
-        return Sample(prepared.image_id, prepared.image, orig_hw, dict(prepared.meta), features)
+        return Sample(image_id, prepared.image, orig_hw, dict(prepared.meta), dict(prepared.features))
 
 
 class CacheSource(ImageSource):
-    """Images of an HDF5 cache (``cxrdet prepare`` output), metadata from its META.csv."""
+    """Images of an HDF5 cache (``cxrdet prepare`` output) with the metadata and pixel-feature
+    rows prepare stored beside each image (the same rows as its META.csv and feature CSV)."""
 
-    def __init__(self, path: str | os.PathLike, settings, meta_csv: str | os.PathLike | None = None,
-                 with_features: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, settings, with_features: bool = True) -> None:
         from cxrdet.preprocess.cache import CacheReader
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"--cache {self.path}: no such file; make it with `cxrdet prepare`")
-        self.reader = CacheReader(self.path, expect=settings)
-        self.meta = read_meta_table(meta_csv) if meta_csv is not None else {}
-        super().__init__(sorted(self.reader.ids), settings.size, with_features)
+        self.reader = CacheReader(path, expect=settings)
+        ids = list(self.reader.ids)
+        self.meta = dict(zip(ids, self.reader.rows("meta")))
+        self.features = dict(zip(ids, self.reader.rows("features"))) if with_features else {}
+        super().__init__(ids, settings.size, with_features)
 
     def load(self, image_id: str) -> Sample:
         image, attrs = self.reader.read(image_id)
         orig_hw = (int(attrs["orig_height"]), int(attrs["orig_width"]))
-        meta = self.meta.get(image_id) or {"image_id": image_id, "rows": orig_hw[0], "columns": orig_hw[1]}
-        return Sample(image_id, np.asarray(image, dtype=np.uint8), orig_hw, dict(meta), self._features(image))
-
-
-def read_meta_table(path: str | os.PathLike) -> dict[str, dict]:
-    """META.csv -> ``{image_id: row dict}`` (missing values stay NaN)."""
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"cannot read metadata CSV {path}: {e}; pass the META.csv `cxrdet prepare` wrote") from e
-    if "image_id" not in df.columns:
-        raise UserError(f"{path}: expected an image_id column (META.csv from `cxrdet prepare`), found {list(df.columns)}")
-    return {str(r["image_id"]): r for r in df.to_dict("records")}
+        meta = {"image_id": image_id, "rows": orig_hw[0], "columns": orig_hw[1], **self.meta.get(image_id, {})}
+        features = self.features.get(image_id) or self._features(image)
+        return Sample(image_id, np.asarray(image, dtype=np.uint8), orig_hw, meta, dict(features))
 
 
 def read_png_sizes(path: str | os.PathLike) -> dict[str, HW]:
