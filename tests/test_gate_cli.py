@@ -1,0 +1,158 @@
+"""`cxrdet train-gate` end to end on tiny CSV fixtures written in tmp_path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrdet.cli import main as cli
+from cxrdet.gate.features import build_features
+from cxrdet.gate.inputs import abnormal_targets, read_detections
+from cxrdet.gate.model import GateClassifier
+from cxrdet.gate.train import get_args_parser
+from cxrdet.labels import labels_frame
+
+FAST = ["--n-estimators", "60", "--learning-rate", "0.15", "--early-stopping", "10", "--workers", "1",
+        "--n-folds", "3"]
+N = 60
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """META, pixel features, 3-reader labels, folds and a submission for N images.
+
+    Abnormal images are older and brighter; the detector finds their box with a high score and
+    puts a lower-scored box on normal images.
+    """
+    d = tmp_path_factory.mktemp("gate_data")
+    rng = np.random.default_rng(3)
+    ids = [f"img{i:03d}" for i in range(N)]
+    ab = np.arange(N) % 3 == 0
+    meta = pd.DataFrame({
+        "image_id": ids, "rows": 2500, "columns": rng.integers(2000, 2600, N),
+        "photometric_interpretation": rng.choice(["MONOCHROME1", "MONOCHROME2"], N), "bits_stored": 12,
+        "pixel_spacing_row": 0.15, "pixel_spacing_col": 0.15,
+        "patient_age": np.where(ab, rng.normal(65, 5, N), rng.normal(40, 5, N)).round(),
+        "patient_sex": rng.choice(["M", "F"], N), "modality": "DX", "manufacturer": "GE",
+        "transfer_syntax_uid": "1.2.840.10008.1.2.1", "window_center": "", "window_width": "",
+    })
+    meta.loc[::7, "patient_age"] = np.nan
+    meta.to_csv(d / "META.csv", index=False)
+    px = pd.DataFrame({"image_id": ids, "px_mean": np.where(ab, 0.6, 0.4) + rng.normal(0, 0.05, N)})
+    px.to_csv(d / "META_pixel_features.csv", index=False)
+    rows, sub = [], []
+    for i, a in zip(ids, ab):
+        for r in ("R1", "R2", "R3"):
+            box = dict(x_min=500, y_min=800, x_max=1500, y_max=1600) if a else {}
+            rows.append(dict(image_id=i, class_id=3 if a else 14, rad_id=r, **box))
+        score = rng.uniform(0.5, 0.9) if a else rng.uniform(0.05, 0.3)
+        sub.append(f"{i},3 {score:.3f} 510 790 1490 1610")
+    labels_frame(rows).to_csv(d / "train.csv", index=False)
+    (d / "sub.csv").write_text("image_id,PredictionString\n" + "\n".join(sub) + "\n")
+    pd.DataFrame({"image_id": ids, "fold": np.arange(N) % 4}).to_csv(d / "FOLDS.csv", index=False)
+    return d
+
+
+def train_gate(d, out, *extra) -> int:
+    return cli(["train-gate", "--meta", str(d / "META.csv"), "--labels", str(d / "train.csv"),
+                "--out", str(out), *FAST, *extra])
+
+
+def test_train_gate_with_detections_writes_every_output(data, tmp_path):
+    out = tmp_path / "gate"
+    assert train_gate(data, out, "--folds", str(data / "FOLDS.csv"), "--detections", str(data / "sub.csv")) == 0
+    expected = {"gate.ubj", "gate_schema.json", "report.json", "feature_importance.png", "oof_predictions.csv"}
+    assert expected <= {p.name for p in out.iterdir()}
+    assert (out / "feature_importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["ablation_oof_auc"]) == ["metadata", "metadata+pixel", "metadata+pixel+detector"]
+    assert report["cv"]["oof_auc"] > 0.9 and len(report["cv"]["fold_auc"]) == 4  # FOLDS.csv wins over --n-folds
+    assert report["thresholds"]["source"].startswith("tuned")
+    tuning = report["threshold_tuning"]
+    assert tuning["map_gated"] >= tuning["map_ungated"]  # class 14 alone adds AP on this data
+    counts = report["confusion_oof"]["counts"]
+    assert sum(counts["normal"].values()) == report["n_normal"] == 40
+    gate = GateClassifier.load(out)
+    assert (gate.low_, gate.high_) == (report["thresholds"]["low"], report["thresholds"]["high"])
+    meta = pd.read_csv(data / "META.csv")
+    X = build_features(meta, pd.read_csv(data / "META_pixel_features.csv"),
+                       read_detections(data / "sub.csv", meta["image_id"].tolist()))
+    p = gate.p_abnormal(X)
+    assert p.shape == (N,) and roc_auc_score_ok(meta, p)
+
+
+def roc_auc_score_ok(meta: pd.DataFrame, p: np.ndarray) -> bool:
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(np.arange(len(meta)) % 3 == 0, p) > 0.9
+
+
+def test_train_gate_without_detections_keeps_default_thresholds(data, tmp_path):
+    out = tmp_path / "gate"
+    assert train_gate(data, out, "--no-pixel") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["thresholds"]["low"], report["thresholds"]["high"]) == (0.08, 0.95)
+    assert "DESIGN.md defaults" in report["thresholds"]["source"]
+    assert list(report["ablation_oof_auc"]) == ["metadata"]
+    assert all(n.startswith("meta_") for n in GateClassifier.load(out).feature_names_)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("labels_without_meta", "have no row in"),
+    ("meta_missing_column", "missing column(s) ['patient_sex']"),
+    ("no_pixel_file", "pixel features file not found"),
+])
+def test_bad_input_exits_2_with_a_message_naming_the_file(data, tmp_path, capsys, breakage, message):
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("META.csv", "META_pixel_features.csv", "train.csv"):
+        (d / name).write_bytes((data / name).read_bytes())
+    meta = pd.read_csv(d / "META.csv")
+    if breakage == "labels_without_meta":
+        meta.iloc[1:].to_csv(d / "META.csv", index=False)
+    elif breakage == "meta_missing_column":
+        meta.drop(columns=["patient_sex"]).to_csv(d / "META.csv", index=False)
+    else:
+        (d / "META_pixel_features.csv").unlink()
+    assert train_gate(d, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert str(d) in err
+
+
+def test_in_fold_detections_are_refused(data, tmp_path, capsys):
+    run = tmp_path / "run_fold0"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"folds": str(data / "FOLDS.csv"), "fold": 0}))
+    args = ["--detections", str(data / "sub.csv"), "--detector-run", str(run)]
+    assert train_gate(data, tmp_path / "out", *args) == 2
+    assert "in-fold" in capsys.readouterr().err
+    runs = []
+    for k in (1, 2, 3):  # with every fold's run given, every image was held out by one of them
+        r = tmp_path / f"run_fold{k}"
+        r.mkdir()
+        (r / "config.json").write_text(json.dumps({"folds": str(data / "FOLDS.csv"), "fold": k}))
+        runs += ["--detector-run", str(r)]
+    assert train_gate(data, tmp_path / "out", *args, *runs, "--no-ablation") == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["detector_oof_check"]["verified"] is True
+
+
+def test_abnormal_rule_any_versus_majority():
+    rows = [dict(image_id="a", class_id=0, rad_id="R1", x_min=1, y_min=1, x_max=5, y_max=5),
+            dict(image_id="a", class_id=14, rad_id="R2"), dict(image_id="a", class_id=14, rad_id="R3"),
+            dict(image_id="b", class_id=0, rad_id="R1", x_min=1, y_min=1, x_max=5, y_max=5),
+            dict(image_id="b", class_id=2, rad_id="R2", x_min=1, y_min=1, x_max=5, y_max=5),
+            dict(image_id="b", class_id=14, rad_id="R3"),
+            dict(image_id="c", class_id=14, rad_id="R1")]
+    labels = labels_frame(rows)
+    assert abnormal_targets(labels, "any").to_dict() == {"a": 1, "b": 1, "c": 0}
+    assert abnormal_targets(labels, "majority").to_dict() == {"a": 0, "b": 1, "c": 0}
+
+
+def test_help_documents_out_of_fold_requirement():
+    text = get_args_parser().format_help()
+    assert "OUT-OF-FOLD" in text and "--detector-run" in text
