@@ -91,7 +91,7 @@ def _atelectasis(anat, rng):
         p0, p1 = np.array([x - dx, y - dy]), np.array([x + dx, y + dy])
         t = np.clip(((anat.X - p0[0]) * 2 * dx + (anat.Y - p0[1]) * 2 * dy) / (4 * half**2), 0, 1)
         d = np.hypot(anat.X - (p0[0] + t * 2 * dx), anat.Y - (p0[1] + t * 2 * dy))
-        mask = inside(d - rng.uniform(0.025, 0.04), 0.015)
+        mask = inside(d - max(rng.uniform(0.025, 0.04), 1.5 / anat.unit), 0.015)
     else:  # wedge with its apex towards the hilum
         mask = _wedge(anat, (side * 0.25, y - 0.1), (x + side * 0.12, y + 0.05), rng.uniform(0.1, 0.16))
     mask = mask * _side_lung(anat, side)
@@ -204,7 +204,7 @@ def _effusion(anat, rng):
 def _thickening(anat, rng):
     side = int(rng.choice(SIDES))
     lung = anat.lungs[side]
-    thick = rng.uniform(0.04, 0.06)
+    thick = max(rng.uniform(0.04, 0.06), 3.0 / anat.unit)  # >= 3 px on small images
     y0 = lung.yc + lung.ay * rng.uniform(-0.55, 0.2)
     y1 = y0 + rng.uniform(0.22, 0.4)
     edge = np.nan_to_num(lung.lateral_x(anat.Y), nan=-1.0)

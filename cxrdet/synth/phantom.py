@@ -165,21 +165,30 @@ def _segment_distance(X, Y, p0, p1) -> np.ndarray:
     return np.hypot(X - (p0[0] + t * px), Y - (p0[1] + t * py))
 
 
+RIB_PITCH = 0.135  # vertical spacing of the ribs, chest units
+N_RIBS = 10
+
+
+def _nearest_rib(z: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest rib and the signed distance to it, for ribs that are the level
+    sets ``z == centres[i]`` of one field (all ribs of a side share their curvature)."""
+    idx = np.clip(np.round((z - centres[0]) / RIB_PITCH), 0, len(centres) - 1).astype(np.intp)
+    return idx, z - centres[idx].astype(np.float32)
+
+
 def _ribs(anat: Anatomy, rng: np.random.Generator, thorax: np.ndarray) -> np.ndarray:
     """Posterior ribs (curved bright bands rising from the spine) and fainter anterior ribs."""
     X, Y = anat.X, anat.Y
     t = np.abs(X)
-    out = np.zeros(anat.hw, np.float32)
     osteopenia = np.clip((anat.age - 40) / 50, 0, 1)  # older bones show less contrast
     strength = 0.1 * (1 - 0.45 * osteopenia)
-    for i in range(10):
-        y0 = -0.78 + 0.135 * i + rng.normal(0, 0.008)
-        yc = y0 - 0.12 * t + 0.55 * t * t
-        band = _band(Y - yc, 0.026 + 0.002 * i, 0.012)
-        cortex = _band(np.abs(Y - yc) - 0.024, 0.006, 0.006)  # brighter cortical edges
-        out += (strength * band + 0.5 * strength * cortex) * inside(0.07 - t, 0.02)
-        ya = y0 + 0.05 + 0.3 * (0.88 - t)
-        out += 0.4 * strength * _band(Y - ya, 0.022, 0.012) * (t > 0.35) * (t < 0.92)
+    y0 = -0.78 + RIB_PITCH * np.arange(N_RIBS) + rng.normal(0, 0.008, N_RIBS)
+    idx, d = _nearest_rib(Y + 0.12 * t - 0.55 * t * t, y0)
+    band = _band(d, 0.026 + 0.002 * idx, 0.012)
+    cortex = _band(np.abs(d) - 0.024, 0.006, 0.006)  # brighter cortical edges
+    out = (strength * band + 0.5 * strength * cortex) * inside(0.07 - t, 0.02)
+    _, d = _nearest_rib(Y + 0.3 * t, y0 + 0.314)  # anterior ribs slope down towards the middle
+    out += 0.4 * strength * _band(d, 0.022, 0.012) * (t > 0.35) * (t < 0.92)
     return out * thorax
 
 
