@@ -157,8 +157,13 @@ def held_out_ids(run: Path) -> set[str]:
         raise UserError(f"detector run {run}: no config.json (looked at {[str(c) for c in candidates]})")
     cfg = json.loads(cfg_path.read_text())
     if not cfg.get("folds"):
-        raise UserError(f"{cfg_path}: the run names no folds file, so its held-out images are unknown")
+        raise UserError(
+            f"{cfg_path}: the run names no folds file, so no image is known to be held out of its "
+            "training. Fix: train the detector per fold (`cxrdet train --folds FOLDS.csv --fold k`)"
+        )
     folds_path = Path(cfg["folds"])
+    if not folds_path.is_absolute() and not folds_path.is_file() and (run / folds_path).is_file():
+        folds_path = run / folds_path  # a relative path written from inside the run folder
     df = read_table(folds_path, ["image_id", "fold"], f"the folds file named in {cfg_path}")
     fold = pd.to_numeric(df["fold"], errors="coerce")
     return set(df.loc[fold == int(cfg.get("fold", 0)), "image_id"].str.strip())
