@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from cxrdet.cli import main as cli
+from cxrdet.errors import UserError
 from cxrdet.gate.features import build_features
 from cxrdet.gate.inputs import abnormal_targets, read_detections
 from cxrdet.gate.model import GateClassifier
@@ -156,3 +157,16 @@ def test_abnormal_rule_any_versus_majority():
 def test_help_documents_out_of_fold_requirement():
     text = get_args_parser().format_help()
     assert "OUT-OF-FOLD" in text and "--detector-run" in text
+
+
+def test_read_detections_from_det_csv_and_refuses_gated_submissions(tmp_path):
+    det_csv = tmp_path / "dets.csv"
+    det_csv.write_text("image_id,class_id,score,x_min,y_min,x_max,y_max\n"
+                       "a,3,0.7,1,2,30,40\na,0,0.2,5,5,9,9\nzz,1,0.9,0,0,4,4\n")
+    dets = read_detections(det_csv, ["a", "b"])
+    assert sorted(dets) == ["a", "b"]  # 'zz' is not a training image; 'b' had no boxes
+    assert dets["a"].class_ids.tolist() == [3, 0] and len(dets["b"]) == 0
+    gated = tmp_path / "gated.csv"
+    gated.write_text("image_id,PredictionString\na,3 0.7 1 2 30 40 14 0.4 0 0 1 1\nb,14 1 0 0 1 1\n")
+    with pytest.raises(UserError, match="gated submission"):
+        read_detections(gated, ["a", "b"])

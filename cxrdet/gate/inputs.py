@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +116,14 @@ def read_detections(path: Path, ids: list[str]) -> dict[str, Detections]:
         if frame[["class_id", "score"]].isna().any().any():
             raise UserError(f"{path}: class_id and score must be numbers in every row")
         listed = ids  # a detection CSV cannot list empty images: absent means no boxes
-    if (frame["class_id"] == NO_FINDING).any():
-        warnings.warn(f"{path}: class-14 rows (a previous gate's call) are ignored", stacklevel=2)
-        frame = frame[frame["class_id"] != NO_FINDING]
+    n14 = int((frame["class_id"] == NO_FINDING).sum())
+    if n14:
+        # the detector never predicts class 14: these rows come from a gate, which has also
+        # removed the boxes of the images it called normal, so the evidence would be censored
+        raise UserError(
+            f"{path}: {n14} class-14 ('No finding') row(s); this is a gated submission. Fix: pass "
+            "the UNGATED out-of-fold detections (`cxrdet infer` without --gate)"
+        )
     wanted = set(ids)
     dets = {k: v for k, v in detections_from_frame(frame, [i for i in listed if i in wanted]).items() if k in wanted}
     missing = len(ids) - len(dets)
