@@ -8,6 +8,7 @@ thresholds, feature importance, ablation, threshold tuning) and ``feature_import
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.n_folds < 2 and not args.folds:
+        raise UserError(f"--n-folds must be at least 2 for cross-validation, got {args.n_folds}")
     meta = read_table(Path(args.meta), META_REQUIRED, "regenerate it with `cxrdet prepare --meta-out`")
     pixel = None if args.no_pixel else read_pixel_table(Path(args.meta), args.pixel_features)
     labels = read_training_labels(Path(args.labels))
@@ -98,10 +101,11 @@ def main(args: argparse.Namespace) -> int:
     oof_check = check_out_of_fold(args.detector_run, dets, Path(args.detections)) if dets else None
 
     X = build_features(meta, pixel, dets)
+    print(f"train-gate: {len(ids)} images ({int(y.sum())} abnormal), {X.shape[1]} features; "
+          "cross-validating", file=sys.stderr)
     gate = make_gate(args).fit(X, y, folds)
-    p_oof = pd.Series(gate.oof_proba_, index=ids)
-    ablation = run_ablation(args, X, y, folds, gate)
-    tuning = choose_thresholds(args, gate, dets, p_oof, labels)
+    ablation = run_ablation(args, X, y, gate)
+    tuning = choose_thresholds(args, gate, dets, pd.Series(gate.oof_proba_, index=ids), labels)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -113,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
     gate.save(out, summary)
     report = build_report(args, gate, X, y, ablation, tuning, oof_check)
     write_report_json(out / "report.json", report)
-    curves = {name: (y, p) for name, (_, p) in ablation_curves(gate, ablation).items()}
+    curves = {name: (y, r["oof_proba"]) for name, r in ablation.items()}
     plot_report(out / "feature_importance.png", gate.feature_importances(), curves, y,
                 gate.oof_proba_, gate.low_, gate.high_)
     pd.DataFrame({"image_id": ids, "abnormal": y, "p_abnormal_oof": gate.oof_proba_,
@@ -145,7 +149,7 @@ def ablation_sets(columns: list[str]) -> dict[str, list[str]]:
     return sets
 
 
-def run_ablation(args, X: pd.DataFrame, y: np.ndarray, folds, gate: GateClassifier) -> dict:
+def run_ablation(args, X: pd.DataFrame, y: np.ndarray, gate: GateClassifier) -> dict:
     """OOF AUC per nested feature set, on the same folds; the full set is the trained gate."""
     results = {}
     sets = ablation_sets(list(X.columns))
@@ -155,14 +159,11 @@ def run_ablation(args, X: pd.DataFrame, y: np.ndarray, folds, gate: GateClassifi
         elif args.no_ablation:
             continue
         else:
+            print(f"train-gate: ablation: cross-validating {name} ({len(cols)} features)", file=sys.stderr)
             model = make_gate(args).fit(X[cols], y, gate.folds_)
         results[name] = {"oof_auc": model.cv_auc_, "fold_auc": model.fold_auc_,
                          "n_features": len(cols), "oof_proba": model.oof_proba_}
     return results
-
-
-def ablation_curves(gate: GateClassifier, ablation: dict) -> dict[str, tuple[int, np.ndarray]]:
-    return {name: (r["n_features"], r["oof_proba"]) for name, r in ablation.items()}
 
 
 def choose_thresholds(args, gate: GateClassifier, dets, p_oof: pd.Series, labels: pd.DataFrame) -> dict:
