@@ -13,6 +13,7 @@ import pytest
 
 from cxrdet import cli
 from cxrdet.classes import CLASS_NAMES, NO_FINDING
+from cxrdet.errors import UserError
 from cxrdet.labels import read_labels
 from cxrdet.synth import SynthConfig, generate_dataset
 from cxrdet.synth.acquisition import encode
@@ -201,3 +202,21 @@ def test_overwrite_replaces_a_larger_dataset(tmp_path):
     assert len(list((out / "train").glob("*.dicom"))) == 2
     assert len(list((out / "test").glob("*.dicom"))) == 1
     assert set(read_labels(out / "train.csv").image_id) == {p.stem for p in (out / "train").glob("*.dicom")}
+
+
+def test_an_interrupted_run_is_redone_but_foreign_dicoms_are_refused(tmp_path):
+    cfg = SynthConfig(n_train=2, n_test=1, scale=0.05, seed=2, progress=False)
+    out = tmp_path / "d"
+    generate_dataset(out, cfg)
+    expected = _digests(out)
+    (out / "train.csv").unlink()  # as if killed before the labels were written
+    (out / "test.csv").unlink()
+    (out / "train" / "leftover.dicom.partial").write_bytes(b"half")
+    generate_dataset(out, cfg)
+    assert _digests(out) == expected
+    foreign = tmp_path / "mine"
+    (foreign / "train").mkdir(parents=True)
+    (foreign / "train" / "scan.dicom").write_bytes(b"not ours")
+    with pytest.raises(UserError, match="already holds a dataset"):
+        generate_dataset(foreign, cfg)
+    assert (foreign / "train" / "scan.dicom").read_bytes() == b"not ours"

@@ -30,6 +30,7 @@ from cxrdet.synth.phantom import render_anatomy, sample_anatomy
 from cxrdet.synth.plan import SPLITS, ImageSpec, plan_split, stream
 
 FORMAT_VERSION = 1
+CONFIG_NAME = "synth_config.json"
 ANATOMY, TEXTURE, LESIONS, NOISE, LABELS = range(5)  # the per-image random streams
 
 
@@ -62,6 +63,8 @@ class SynthConfig:
 @dataclass
 class SynthSummary:
     out_dir: Path
+    train_dir: Path
+    test_dir: Path
     train_csv: Path
     test_csv: Path
     n_train: int
@@ -130,16 +133,20 @@ def _write_all(specs: list[ImageSpec], out_dir: Path, cfg: SynthConfig) -> list[
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix with an existing dataset unless ``overwrite``; an unfinished synth run
+    (config written, CSVs not yet) is simply redone, so an interrupted run can be rerun."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder path (it is created if missing)")
-    old = [p for p in (out_dir / "train.csv", out_dir / "test.csv") if p.exists()]
-    if old and not overwrite:
-        raise UserError(f"--out {out_dir} already holds a dataset ({old[0].name}); "
+    labels = [p for p in (out_dir / "train.csv", out_dir / "test.csv") if p.exists()]
+    images = [p for split in SPLITS if (out_dir / split).is_dir()
+              for pattern in ("*.dicom", "*.partial") for p in sorted((out_dir / split).glob(pattern))]
+    unfinished_synth = (out_dir / CONFIG_NAME).exists() and not labels
+    if (labels or (images and not unfinished_synth)) and not overwrite:
+        found = (labels + images)[0].relative_to(out_dir)
+        raise UserError(f"--out {out_dir} already holds a dataset ({found}); "
                         "choose another folder or pass --overwrite to replace it")
-    if overwrite:  # stale images of a larger earlier run would otherwise linger unlabelled
-        for split in SPLITS:
-            for p in (out_dir / split).glob("*.dicom") if (out_dir / split).is_dir() else []:
-                p.unlink()
+    for p in labels + images:  # stale images of a larger earlier run would linger unlabelled
+        p.unlink()
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
@@ -170,6 +177,7 @@ def generate_dataset(out_dir: str | os.PathLike, config: SynthConfig | None = No
             (out_dir / split).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the output folder {out_dir}: {e.strerror}") from None
+    (out_dir / CONFIG_NAME).write_text(_config_json(cfg))  # first: marks the folder as ours
     specs = {s: plan_split(cfg.seed, s, n, cfg.normal_fraction, cfg.scale)
              for s, n in zip(SPLITS, (cfg.n_train, cfg.n_test))}
     truths = _write_all(specs["train"] + specs["test"], out_dir, cfg)
@@ -182,9 +190,10 @@ def generate_dataset(out_dir: str | os.PathLike, config: SynthConfig | None = No
             train_rows += reader_rows(spec.image_id, boxes, class_ids, hw, stream(spec.seed, LABELS), cfg.readers)
         else:
             test_rows += consensus_rows(spec.image_id, boxes, class_ids)
-    (out_dir / "synth_config.json").write_text(_config_json(cfg))
     return SynthSummary(
         out_dir=out_dir,
+        train_dir=out_dir / "train",
+        test_dir=out_dir / "test",
         train_csv=_write_csv(out_dir / "train.csv", train_rows),
         test_csv=_write_csv(out_dir / "test.csv", test_rows),
         n_train=cfg.n_train,

@@ -197,7 +197,8 @@ def _effusion(anat, rng):
     level = cp_y - rng.uniform(0.22, 0.42)
     rel = np.clip((side * anat.X - (lung.xc - lung.ax)) / (2 * lung.ax), 0, 1)
     meniscus = level - 0.16 * rel**2  # fluid climbs the lateral chest wall
-    mask = inside(meniscus - anat.Y, 0.03) * _side_lung(anat, side)
+    # fluid replaces the air of the visible lung only (not behind the heart)
+    mask = inside(meniscus - anat.Y, 0.03) * np.minimum(_side_lung(anat, side), anat.lung_open)
     return mask, mask * (LUNG_DEPTH + 0.02), mask
 
 
