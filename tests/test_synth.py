@@ -220,3 +220,23 @@ def test_an_interrupted_run_is_redone_but_foreign_dicoms_are_refused(tmp_path):
     with pytest.raises(UserError, match="already holds a dataset"):
         generate_dataset(foreign, cfg)
     assert (foreign / "train" / "scan.dicom").read_bytes() == b"not ours"
+
+
+def test_fusing_the_readers_recovers_the_drawn_lesions(synth_dir):
+    from cxrdet.boxes import iou_matrix
+    from cxrdet.fusion import fuse_readers
+
+    sizes = _sizes(synth_dir / "train")
+    labels = read_labels(synth_dir / "train.csv", image_sizes=sizes)
+    fused = fuse_readers(labels, method="consensus", iou_thr=0.5, min_readers=2, image_sizes=sizes)
+    specs = plan_split(ARGS["seed"], "train", ARGS["n_train"], SynthConfig.normal_fraction, ARGS["scale"])
+    n_truth = 0
+    for s in specs:
+        truth = render_image(s)
+        got = fused[(fused.image_id == s.image_id) & (fused.class_id != NO_FINDING)]
+        assert sorted(got.class_id) == sorted(truth.class_ids)  # nothing missed, nothing extra
+        for box, c in zip(truth.boxes, truth.class_ids):
+            mine = got[got.class_id == c][["x_min", "y_min", "x_max", "y_max"]].to_numpy()
+            assert iou_matrix(box[None], mine).max() > 0.75
+            n_truth += 1
+    assert n_truth >= 5
