@@ -198,7 +198,8 @@ def test_cli_refuses_a_file_as_out_and_an_existing_dataset(tmp_path, capsys, syn
 def test_overwrite_replaces_a_larger_dataset(tmp_path):
     out = tmp_path / "d"
     generate_dataset(out, SynthConfig(n_train=3, n_test=2, scale=0.05, seed=1, progress=False))
-    generate_dataset(out, SynthConfig(n_train=2, n_test=1, scale=0.05, seed=1, overwrite=True, progress=False))
+    cfg = SynthConfig(n_train=2, n_test=1, scale=0.05, seed=1, overwrite=True, progress=False)
+    generate_dataset(out, cfg)
     assert len(list((out / "train").glob("*.dicom"))) == 2
     assert len(list((out / "test").glob("*.dicom"))) == 1
     assert set(read_labels(out / "train.csv").image_id) == {p.stem for p in (out / "train").glob("*.dicom")}

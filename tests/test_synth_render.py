@@ -30,7 +30,8 @@ def test_normal_fraction_class_mix_and_age_signal():
     specs = plan_split(0, "train", 300, 0.667, 0.25)
     normal = np.array([s.normal for s in specs])
     assert abs(normal.mean() - 0.667) < 0.01
-    assert all(1 <= len(s.findings) <= 4 and len(set(s.findings)) == len(s.findings) for s in specs if not s.normal)
+    abnormal = [s.findings for s in specs if not s.normal]
+    assert all(1 <= len(f) <= 4 and len(set(f)) == len(f) for f in abnormal)
     counts = class_coverage(specs)
     assert counts.min() >= 3  # even Pneumothorax and Atelectasis show up
     by = {name: counts[i] for name, i in NAME_TO_ID.items() if i < NUM_FINDINGS}
@@ -84,7 +85,8 @@ def test_readers_jitter_miss_rarely_add_and_stay_fusable():
         assert (got[:, 0] < got[:, 2]).all() and got[:, 2].max() <= hw[1] and got[:, 3].max() <= hw[0]
         iou = iou_matrix(boxes, got)
         for i in range(len(boxes)):  # 2 or 3 readers' boxes of each finding overlap it well
-            hits = {marks[j]["rad_id"] for j in np.flatnonzero(iou[i] > 0.6) if int(marks[j]["class_id"]) == classes[i]}
+            hits = {marks[j]["rad_id"] for j in np.flatnonzero(iou[i] > 0.6)
+                    if int(marks[j]["class_id"]) == classes[i]}
             assert len(hits) >= 2
             misses += 3 - len(hits)
         total += 3 * len(boxes)
@@ -129,7 +131,8 @@ def test_lesions_sit_where_the_class_says(chests):
                for c in ("Cardiomegaly", "Nodule/Mass", "Aortic enlargement", "Pleural effusion",
                          "Pleural thickening", "Pneumothorax", "Calcification")}
         cx, cy = _centre_frac(box["Cardiomegaly"], anat.hw)
-        area = (box["Cardiomegaly"][2] - box["Cardiomegaly"][0]) * (box["Cardiomegaly"][3] - box["Cardiomegaly"][1])
+        x0, y0, x1, y1 = box["Cardiomegaly"]
+        area = (x1 - x0) * (y1 - y0)
         assert 0.4 < cx < 0.7 and 0.5 < cy < 0.8 and area > 0.06 * h * w
         assert box["Nodule/Mass"][2] - box["Nodule/Mass"][0] < 0.12 * w
         assert box["Calcification"][2] - box["Calcification"][0] < 0.12 * w

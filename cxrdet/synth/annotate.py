@@ -73,7 +73,8 @@ def reader_rows(image_id: str, boxes: np.ndarray, class_ids: np.ndarray, hw: tup
             seen[i, rng.integers(3)] = False
     rows = []
     for r, rad_id in enumerate(readers):
-        marks = [(int(class_ids[i]), jitter_box(boxes[i], hw, rng, cfg.jitter)) for i in range(n) if seen[i, r]]
+        marks = [(int(class_ids[i]), jitter_box(boxes[i], hw, rng, cfg.jitter))
+                 for i in range(n) if seen[i, r]]
         if n and rng.random() < cfg.extra_rate:
             marks.append((int(rng.choice(EXTRA_CLASSES)), _extra_box(hw, rng)))
         if not marks:

@@ -50,8 +50,10 @@ class SynthConfig:
         checks = [
             (self.n_train >= 1, f"--n-train must be at least 1, got {self.n_train}"),
             (self.n_test >= 1, f"--n-test must be at least 1, got {self.n_test}"),
-            (0.05 <= self.scale <= 1.0, f"--scale must be in [0.05, 1] (1 = real VinBigData sizes), got {self.scale}"),
-            (0.0 <= self.normal_fraction <= 1.0, f"--normal-fraction must be in [0, 1], got {self.normal_fraction}"),
+            (0.05 <= self.scale <= 1.0,
+             f"--scale must be in [0.05, 1] (1 = real VinBigData sizes), got {self.scale}"),
+            (0.0 <= self.normal_fraction <= 1.0,
+             f"--normal-fraction must be in [0, 1], got {self.normal_fraction}"),
             (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
             (0 <= self.seed < 2**63, f"--seed must be a non-negative integer, got {self.seed}"),
         ]
@@ -99,8 +101,9 @@ def render_image(spec: ImageSpec, with_lesions: bool = True) -> RenderedImage:
     image += markings * keep
     noise = stream(spec.seed, NOISE)
     image += noise.normal(0, noise.uniform(0.006, 0.014), hw).astype(np.float32)  # quantum noise
-    boxes = np.array([l.box for l in lesions], dtype=np.float64).reshape(-1, 4)
-    return RenderedImage(np.clip(image, 0, 1), boxes, np.array(spec.findings if with_lesions else (), dtype=int))
+    boxes = np.array([les.box for les in lesions], dtype=np.float64).reshape(-1, 4)
+    class_ids = np.array([les.class_id for les in lesions], dtype=int)
+    return RenderedImage(np.clip(image, 0, 1), boxes, class_ids)
 
 
 def write_image(spec: ImageSpec, out_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +190,8 @@ def generate_dataset(out_dir: str | os.PathLike, config: SynthConfig | None = No
         hw = (spec.acquisition.rows, spec.acquisition.cols)
         np.add.at(counts, class_ids, 1)
         if spec.split == "train":
-            train_rows += reader_rows(spec.image_id, boxes, class_ids, hw, stream(spec.seed, LABELS), cfg.readers)
+            rng = stream(spec.seed, LABELS)
+            train_rows += reader_rows(spec.image_id, boxes, class_ids, hw, rng, cfg.readers)
         else:
             test_rows += consensus_rows(spec.image_id, boxes, class_ids)
     return SynthSummary(
