@@ -23,7 +23,6 @@ from cxrdet.classes import NO_FINDING, NUM_CLASSES
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
 from cxrdet.labels import bad_rows_error
-from cxrdet.metrics import detections_to_frame
 
 HEADER = ["image_id", "PredictionString"]
 DECIMALS = 4  # 1e-4 px and 1e-4 confidence: far below what changes an IoU or the ranking much
@@ -54,6 +53,9 @@ def _bad(where: str, msg: str) -> PredictionStringError:
     return PredictionStringError(f"{where}: {msg}" if where else msg)
 
 
+TOKEN_HELP = "(each box is 'class_id confidence x_min y_min x_max y_max')"
+
+
 def parse_prediction_string(s: str | float | None, *, where: str = "") -> Detections:
     """``"c p x0 y0 x1 y1 ..."`` -> Detections, strictly validated.
 
@@ -66,16 +68,20 @@ def parse_prediction_string(s: str | float | None, *, where: str = "") -> Detect
         return Detections.empty()
     tokens = str(s).split()
     if len(tokens) % 6:
-        raise _bad(where, f"{len(tokens)} tokens is not a multiple of 6 "
-                   "(each box is 'class_id confidence x_min y_min x_max y_max')")
+        raise _bad(where, f"{len(tokens)} tokens is not a multiple of 6 {TOKEN_HELP}")
+    v = _to_numbers(tokens, where)
+    bad = group_problems(v)
+    if bad:
+        raise _bad(where, bad[0][1])
+    return Detections(v[:, 2:], v[:, 1], v[:, 0].astype(np.int64))
+
+
+def _to_numbers(tokens: list[str], where: str) -> np.ndarray:
     try:
-        v = np.array(tokens, dtype=np.float64).reshape(-1, 6)
+        return np.array(tokens, dtype=np.float64).reshape(-1, 6)
     except ValueError:
         bad = next(t for t in tokens if not _is_float(t))
         raise _bad(where, f"token {bad!r} is not a number") from None
-    for k, row in enumerate(v):
-        _check_group(row, k, where)
-    return Detections(v[:, 2:], v[:, 1], v[:, 0].astype(np.int64))
 
 
 def _is_float(t: str) -> bool:
@@ -86,19 +92,25 @@ def _is_float(t: str) -> bool:
     return True
 
 
-def _check_group(row: np.ndarray, k: int, where: str) -> None:
-    c, p, x0, y0, x1, y1 = row.tolist()
-    box = f"box {k + 1} ({' '.join(f'{x:g}' for x in row)})"
-    if not np.isfinite(row).all():
-        raise _bad(where, f"{box}: NaN or infinite value")
-    if c != int(c) or not 0 <= c < NUM_CLASSES:
-        raise _bad(where, f"{box}: class_id {c:g} is not an integer in 0..{NUM_CLASSES - 1}")
-    if not 0.0 <= p <= 1.0:
-        raise _bad(where, f"{box}: confidence {p:g} is outside [0, 1]")
-    if x1 <= x0:
-        raise _bad(where, f"{box}: x_max {x1:g} <= x_min {x0:g}")
-    if y1 <= y0:
-        raise _bad(where, f"{box}: y_max {y1:g} <= y_min {y0:g}")
+def group_problems(v: np.ndarray) -> list[tuple[int, str]]:
+    """``(group index, reason)`` for every invalid 6-number group of ``v`` [N, 6] (vectorized)."""
+    c, p, x0, y0, x1, y1 = v.T
+    finite = np.isfinite(v).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        checks = [
+            (~finite, lambda k: "NaN or infinite value"),
+            (finite & ((c != np.round(c)) | (c < 0) | (c >= NUM_CLASSES)),
+             lambda k: f"class_id {c[k]:g} is not an integer in 0..{NUM_CLASSES - 1}"),
+            (finite & ((p < 0) | (p > 1)), lambda k: f"confidence {p[k]:g} is outside [0, 1]"),
+            (finite & (x1 <= x0), lambda k: f"x_max {x1[k]:g} <= x_min {x0[k]:g}"),
+            (finite & (y1 <= y0), lambda k: f"y_max {y1[k]:g} <= y_min {y0[k]:g}"),
+        ]
+    out: dict[int, str] = {}
+    for mask, reason in checks:
+        for k in np.flatnonzero(mask):
+            if k not in out:  # one reason per group: the first that applies
+                out[int(k)] = f"box {k + 1} ({' '.join(f'{x:g}' for x in v[k])}): {reason(k)}"
+    return sorted(out.items())
 
 
 def _prepare(image_id: str, dets: Detections, hw: tuple[int, int] | None) -> tuple[Detections, int]:
@@ -187,8 +199,37 @@ def read_submission(path: os.PathLike | str, *, with_ids: bool = False):
     if not path.is_file():
         raise UserError(f"{path}: file not found; pass the submission CSV written by `cxrdet infer`")
     problems: list[tuple[int, str]] = []
-    ids: list[str] = []
-    parts: list[Detections] = []
+    ids, lines, tokens = _read_rows(path, problems)
+    counts = np.array([len(t) // 6 for t in tokens], dtype=np.int64)
+    flat = [x for t in tokens for x in t]
+    try:
+        v = np.array(flat, dtype=np.float64).reshape(-1, 6)
+    except ValueError:  # slow path, only for a broken file: check row by row
+        for line, t in zip(lines, tokens):
+            try:
+                parse_prediction_string(" ".join(t))
+            except PredictionStringError as e:
+                problems.append((line, str(e)))
+        raise bad_rows_error(path, problems, "Fix these rows (DESIGN.md §4), then rerun.") from None
+    row_of_group = np.repeat(np.arange(len(ids)), counts)
+    reported: set[int] = set()
+    for k, reason in group_problems(v):
+        row = int(row_of_group[k])
+        if row not in reported:  # the first bad box of each row
+            reported.add(row)
+            first = k - int(np.searchsorted(row_of_group, row))
+            problems.append((lines[row], reason.replace(f"box {k + 1} ", f"box {first + 1} ", 1)))
+    if problems:
+        raise bad_rows_error(path, problems, "Fix these rows (DESIGN.md §4), then rerun.")
+    frame = pd.DataFrame({"image_id": np.repeat(np.array(ids, dtype=object), counts),
+                          "class_id": v[:, 0].astype(np.int64), "score": v[:, 1]})
+    frame[["x_min", "y_min", "x_max", "y_max"]] = v[:, 2:]
+    return (frame, ids) if with_ids else frame
+
+
+def _read_rows(path: Path, problems: list[tuple[int, str]]):
+    """Rows split into tokens; structural problems (fields, ids, token count) go to ``problems``."""
+    ids, lines, tokens = [], [], []
     first_line: dict[str, int] = {}
     with open(path, newline="") as f:
         reader = csv.reader(f)
@@ -201,23 +242,17 @@ def read_submission(path: os.PathLike | str, *, with_ids: bool = False):
             if len(row) != 2:
                 problems.append((line, f"expected 2 fields (image_id,PredictionString), found {len(row)}"))
                 continue
-            image_id = row[0].strip()
+            image_id, t = row[0].strip(), row[1].split()
             if not image_id:
                 problems.append((line, "empty image_id"))
-                continue
-            if image_id in first_line:
+            elif image_id in first_line:
                 problems.append((line, f"image_id {image_id!r} repeats line {first_line[image_id]}"))
-                continue
-            first_line[image_id] = line
-            try:
-                dets = parse_prediction_string(row[1])
-            except PredictionStringError as e:
-                problems.append((line, str(e)))
-                continue
-            ids.append(image_id)
-            parts.append(dets)
-    if problems:
-        raise bad_rows_error(path, problems, "Fix these rows (DESIGN.md §4), then rerun.")
-    frame = detections_to_frame(dict(zip(ids, parts)))
-    return (frame, ids) if with_ids else frame
-
+            elif len(t) % 6:
+                first_line[image_id] = line
+                problems.append((line, f"{len(t)} tokens is not a multiple of 6 {TOKEN_HELP}"))
+            else:
+                first_line[image_id] = line
+                ids.append(image_id)
+                lines.append(line)
+                tokens.append(t)
+    return ids, lines, tokens
