@@ -13,18 +13,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Write synthetic chest X-ray DICOMs that look like VinBigData exports, with a "
         "3-reader train.csv and a consensus test.csv. The same --seed gives byte-identical files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", required=True, help="output folder (train/, test/, train.csv, test.csv)")
-    p.add_argument("--n-train", type=int, default=_D.n_train, help="number of train images")
-    p.add_argument("--n-test", type=int, default=_D.n_test, help="number of held-out test images")
-    p.add_argument("--scale", type=float, default=_D.scale,
-                   help="image size as a fraction of real VinBigData sizes (1 = about 2800x2400)")
-    p.add_argument("--seed", type=int, default=_D.seed, help="random seed; same seed, same bytes")
-    p.add_argument("--normal-fraction", type=float, default=_D.normal_fraction,
-                   help="fraction of images with no finding")
-    p.add_argument("--workers", type=int, default=_D.workers,
-                   help="processes rendering and writing images (does not change the output)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (train/, test/, train.csv, test.csv)")
+    p.add_argument("--n-train", type=int, default=_D.n_train, metavar="N",
+                   help="number of train images (default: %(default)s)")
+    p.add_argument("--n-test", type=int, default=_D.n_test, metavar="N",
+                   help="number of held-out test images (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=_D.scale, metavar="S",
+                   help="image size as a fraction of real VinBigData sizes (1 = about 2800x2400; "
+                   "default: %(default)s, a long side of mostly 600-850 px)")
+    p.add_argument("--seed", type=int, default=_D.seed, metavar="S",
+                   help="random seed; same seed, same bytes (default: %(default)s)")
+    p.add_argument("--normal-fraction", type=float, default=_D.normal_fraction, metavar="F",
+                   help="fraction of images with no finding (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=_D.workers, metavar="N",
+                   help="processes rendering and writing images; the output does not depend on "
+                   "it (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
