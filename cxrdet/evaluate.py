@@ -76,6 +76,10 @@ def image_auc(gt: pd.DataFrame, path: str, messages: list[str]) -> dict:
     if len(missing):
         messages.append(f"{len(missing)} ground-truth image(s) are absent from {path} and left out of "
                         f"the AUC, e.g. {list(missing[:5])}")
+    extra = probs.index.difference(y.index)
+    if len(extra):
+        messages.append(f"{len(extra)} image(s) of {path} are not in the ground truth and were "
+                        f"ignored, e.g. {list(extra[:5])}")
     ids = y.index.intersection(probs.index, sort=False)
     y, probs = y.loc[ids], probs.loc[ids]
 

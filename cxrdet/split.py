@@ -47,7 +47,8 @@ def fold_class_counts(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(description="Multilabel-stratified K-fold split of a label CSV, by image "
+                                "(iterative-stratification over the 15 image-level labels).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--labels", required=True, help="label CSV (VinBigData train.csv format)")
     p.add_argument("--folds", type=int, default=5, help="number of folds K")

@@ -133,3 +133,20 @@ def test_read_rejects_bad_header(tmp_path, header):
     path.write_text(header + "a,14 1 0 0 1 1\n" if header else "")
     with pytest.raises(UserError, match=":1: header"):
         read_submission(path)
+
+
+def test_read_reports_bad_tokens_and_other_rows_together(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("image_id,PredictionString\na,3 0.5 1 2 x 4\nb,3 7 1 2 3 4\nc,14 1 0 0 1 1\n")
+    with pytest.raises(UserError) as e:
+        read_submission(path)
+    msg = str(e.value)
+    assert "2 bad row(s)" in msg and f"{path}:2: token 'x' is not a number" in msg
+    assert f"{path}:3: box 1 (3 7 1 2 3 4): confidence 7 is outside [0, 1]" in msg
+
+
+def test_read_names_the_bad_box_within_its_row(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("image_id,PredictionString\na,14 1 0 0 1 1\nb,3 0.5 1 2 3 4 3 0.5 5 2 3 4\n")
+    with pytest.raises(UserError, match=r"bad.csv:3: box 2 \(3 0.5 5 2 3 4\): x_max 3 <= x_min 5"):
+        read_submission(path)
