@@ -15,6 +15,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from cxrdet.dicomio.errors import BadDicomError
 
@@ -67,9 +68,10 @@ def _dcmread(path: str | os.PathLike, stop_before_pixels: bool) -> Dataset:
         raise BadDicomError("file not found") from None
     except IsADirectoryError:
         raise BadDicomError("is a directory, not a file") from None
+    except InvalidDicomError:
+        raise BadDicomError("not a DICOM file: no 'DICM' marker after the 128-byte preamble") from None
     except Exception as e:  # pydicom raises many types for corrupt input; all mean "unreadable"
-        kind = "not a DICOM file" if type(e).__name__ == "InvalidDicomError" else "unreadable DICOM"
-        raise BadDicomError(f"{kind}: {type(e).__name__}: {e}") from None
+        raise BadDicomError(f"unreadable DICOM, truncated or corrupt ({type(e).__name__}: {e})") from None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

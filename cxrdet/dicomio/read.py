@@ -17,14 +17,21 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import JPEG2000, JPEG2000Lossless
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
 
 from cxrdet.dicomio import intensity, j2k
 from cxrdet.dicomio.errors import BadDicomError
 from cxrdet.dicomio.meta import _dcmread, first_value, image_id_from_path, metadata_from_dataset
 
 __all__ = ["BadDicomError", "read_dicom", "open_image_dataset", "decode_stored", "to_display",
-           "j2k_reduce_level"]
+           "j2k_reduce_level", "check_image"]
 
 
 def read_dicom(
@@ -42,10 +49,11 @@ def read_dicom(
     """
     if voi not in intensity.VOI_CHOICES:
         raise ValueError(f"voi must be one of {intensity.VOI_CHOICES}, got {voi!r}")
-    ds = open_image_dataset(path)
+    ds = _dcmread(path, stop_before_pixels=False)
+    meta = metadata_from_dataset(ds, image_id_from_path(path))  # before any tag is inferred
+    check_image(ds)
     stored = decode_stored(ds, reduce_to)
     image, applied = to_display(stored, ds, voi)
-    meta = metadata_from_dataset(ds, image_id_from_path(path))
     meta["voi_applied"] = applied
     meta["decoded_hw"] = tuple(int(n) for n in stored.shape)
     return image, meta
@@ -53,7 +61,11 @@ def read_dicom(
 
 def open_image_dataset(path: str | os.PathLike) -> Dataset:
     """Read a file and check it holds one greyscale frame; BadDicomError otherwise."""
-    ds = _dcmread(path, stop_before_pixels=False)
+    return check_image(_dcmread(path, stop_before_pixels=False))
+
+
+def check_image(ds: Dataset) -> Dataset:
+    """BadDicomError unless ``ds`` holds one greyscale frame; infers a missing transfer syntax."""
     if "PixelData" not in ds:
         raise BadDicomError("no PixelData element (7FE0,0010): the file holds no image")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -69,7 +81,33 @@ def open_image_dataset(path: str | os.PathLike) -> Dataset:
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows <= 0 or cols <= 0:
         raise BadDicomError(f"zero-size image (Rows={rows}, Columns={cols})")
+    if not getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None):
+        ds.file_meta.TransferSyntaxUID = _guess_transfer_syntax(ds)
     return ds
+
+
+def _guess_transfer_syntax(ds: Dataset):
+    """Transfer syntax of a file whose meta header lacks (0002,0010), as some releases do.
+
+    Native pixel data uses the encoding pydicom detected while parsing; encapsulated data is
+    recognised by its codestream signature (JPEG 2000 and RLE; other codecs are ambiguous).
+    """
+    element = ds["PixelData"]
+    if not element.is_undefined_length:
+        implicit, little = ds.original_encoding
+        if implicit:
+            return ImplicitVRLittleEndian
+        return ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+    try:
+        head = next(generate_frames(ds.PixelData, number_of_frames=1))[:16]
+    except Exception:  # an unparseable encapsulation is reported as such below
+        head = b""
+    if head.startswith(b"\xff\x4f\xff\x51") or head[4:8] == b"jP  ":
+        return JPEG2000Lossless  # the decoder is the same for lossless and lossy JPEG 2000
+    if len(head) >= 8 and int.from_bytes(head[:4], "little") in range(1, 16) and head[4:8] == b"\x40\x00\x00\x00":
+        return RLELossless  # RLE header: segment count, then the first offset (64)
+    raise BadDicomError("compressed pixel data but no Transfer Syntax UID (0002,0010) to say "
+                        "which codec; the file's meta header is incomplete")
 
 
 def j2k_reduce_level(orig_hw: tuple[int, int], target: int, max_level: int = 5) -> int:
