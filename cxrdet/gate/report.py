@@ -114,9 +114,9 @@ def _score_panel(ax, y: np.ndarray, p: np.ndarray, low: float, high: float) -> N
     bins = np.linspace(0, 1, 41)
     ax.hist(p[y == 0], bins=bins, alpha=0.6, label=f"normal ({int((y == 0).sum())})", color="tab:green")
     ax.hist(p[y == 1], bins=bins, alpha=0.6, label=f"abnormal ({int((y == 1).sum())})", color="tab:red")
-    for t, name in ((low, "low"), (high, "high")):
+    for t, name, align in ((low, "low", "left"), (high, "high", "right")):
         ax.axvline(t, color="black", linestyle="--", linewidth=1)
-        ax.text(t, ax.get_ylim()[1] * 0.95, f" {name}={t:.2f}", fontsize=8)
+        ax.text(t, ax.get_ylim()[1] * 0.95, f" {name}={t:.2f} ", fontsize=8, ha=align)
     ax.set_xlabel("out-of-fold P(abnormal)")
     ax.set_ylabel("images")
     ax.set_title("gate zones: normal only | boxes + 14 | boxes only")
