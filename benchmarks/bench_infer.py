@@ -1,0 +1,106 @@
+"""Images/s of ``cxrdet infer`` on an HDF5 cache against a plain forward loop of the same model.
+
+Baseline: the same detector (loaded with ``load_detector``), the same cache images already in
+memory as uint8 tensors, batched the same way, ``model([...])`` under ``torch.inference_mode``:
+the model's own cost with nothing around it. ``cxrdet infer`` is timed end to end in the same
+process: model loading, cache reading in DataLoader workers, forward, mapping boxes to original
+pixels, the submission write. Goal: infer >= 0.9x the baseline.
+
+Data: a synthetic test set (``cxrdet synth`` + ``cxrdet prepare``, realistic non-square sizes);
+weights: a randomly initialised detector of the chosen architecture (speed does not depend on
+training; a fixed seed keeps the number of boxes per image the same for both runs).
+
+    python benchmarks/bench_infer.py [--n-images 32] [--size 384] [--arch fasterrcnn_resnet18_fpn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cxrdet.cli import main as cli
+from cxrdet.detector.config import DetectorConfig
+from cxrdet.detector.export import load_detector, write_artifact
+from cxrdet.detector.model import build_detector
+from cxrdet.detector.transforms import to_model_input
+from cxrdet.preprocess.cache import CacheReader
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n-images", type=int, default=32, help="test images (default 32)")
+    p.add_argument("--size", type=int, default=384, help="cache long side = model input size (default 384)")
+    p.add_argument("--arch", default="fasterrcnn_resnet18_fpn",
+                   help="detector architecture (default: the light CPU backbone; use fasterrcnn_resnet50_fpn on a GPU)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--workers", type=int, default=2, help="infer DataLoader workers (default 2)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
+    return p
+
+
+def make_data(root: Path, args) -> tuple[Path, Path]:
+    """A synthetic test cache and a random-weights detector artifact made for it."""
+    rc = cli(["synth", "--out", str(root / "synth"), "--n-train", "1", "--n-test", str(args.n_images),
+              "--seed", "7", "--no-progress", "--workers", "2"])
+    rc |= cli(["prepare", "--dicom-dir", str(root / "synth" / "test"), "--out", str(root / "test.h5"),
+               "--meta-out", str(root / "test_meta.csv"), "--size", str(args.size), "--workers", "2"])
+    if rc:
+        raise SystemExit(f"making the benchmark data failed (exit {rc})")
+    torch.manual_seed(0)
+    cfg = DetectorConfig(model=args.arch, cache_size=args.size, cache_voi="auto", min_size=args.size,
+                         max_size=args.size)
+    write_artifact(build_detector(cfg).state_dict(), cfg, root / "artifact")
+    return root / "test.h5", root / "artifact"
+
+
+def plain_loop(artifact: Path, cache: Path, batch_size: int, device: torch.device) -> float:
+    """Images/s of ``model(batch)`` over tensors already in memory."""
+    model, _ = load_detector(artifact, map_location=device)
+    with CacheReader(cache) as reader:
+        tensors = [torch.from_numpy(reader.read(i)[0]) for i in reader.ids]
+    with torch.inference_mode():
+        model([to_model_input(tensors[0].to(device))])  # warm-up, as infer's first batch also pays it
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for k in range(0, len(tensors), batch_size):
+            model([to_model_input(t.to(device)) for t in tensors[k:k + batch_size]])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(tensors) / (time.perf_counter() - start)
+
+
+def cxrdet_infer(artifact: Path, cache: Path, out: Path, args) -> float:
+    """Images/s of the whole ``cxrdet infer`` command, in this process."""
+    argv = ["infer", "--model", str(artifact), "--cache", str(cache), "--out", str(out),
+            "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device]
+    start = time.perf_counter()
+    rc = cli(argv)
+    elapsed = time.perf_counter() - start
+    if rc:
+        raise SystemExit(f"cxrdet infer failed (exit {rc})")
+    return args.n_images / elapsed
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.workdir or tmp)
+        cache, artifact = make_data(root, args)
+        device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+        base = plain_loop(artifact, cache, args.batch_size, device)
+        ours = cxrdet_infer(artifact, cache, root / "submission.csv", args)
+    print(f"\n{args.n_images} images, {args.arch} at {args.size} px, batch {args.batch_size}, device {device}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"plain forward loop (baseline): {base:8.2f} img/s")
+    print(f"cxrdet infer (end to end):     {ours:8.2f} img/s")
+    print(f"ratio cxrdet / baseline:       {ours / base:8.2f}x   (goal >= 0.9x)")
+
+
+if __name__ == "__main__":
+    main()
