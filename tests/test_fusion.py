@@ -101,3 +101,10 @@ def test_bad_parameters_raise(labels):
         fuse_readers(labels, "wbf", iou_thr=1.5)
     with pytest.raises(ValueError, match="min_readers"):
         fuse_readers(labels, "consensus", min_readers=0)
+
+
+def test_consensus_needs_reader_ids(labels):
+    labels.loc[0, "rad_id"] = ""
+    with pytest.raises(ValueError, match="empty rad_id"):
+        fuse_readers(labels, "consensus")
+    assert len(fuse_readers(labels, "wbf")) > 0  # other methods do not count readers
