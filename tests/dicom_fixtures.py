@@ -16,14 +16,15 @@ import pydicom
 from cxrdet.dicomio.write import write_dicom
 
 
-def phantom(h: int = 64, w: int = 48, bits: int = 12, seed: int = 0, signed: bool = False) -> np.ndarray:
+def phantom(h: int = 64, w: int = 48, bits: int = 12, seed: int = 0, signed: bool = False,
+            noise: float = 0.05) -> np.ndarray:
     """Chest-like stored values: dark lungs, bright mediastinum and borders, ribs, noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     x, y = xx / max(w - 1, 1) - 0.5, yy / max(h - 1, 1)
     lungs = np.exp(-(((np.abs(x) - 0.22) / 0.15) ** 2 + ((y - 0.45) / 0.3) ** 2))
     ribs = 0.15 * (np.sin(y * 40.0) > 0.6)
-    body = 0.85 - 0.6 * lungs + ribs * lungs + 0.05 * rng.standard_normal((h, w))
+    body = 0.85 - 0.6 * lungs + ribs * lungs + noise * rng.standard_normal((h, w))
     top = (1 << bits) - 1
     values = np.clip(body, 0, 1) * top * 0.9 + top * 0.05
     if signed:

@@ -3,8 +3,9 @@
 pylibjpeg-openjpeg (a required dependency, pydicom's JPEG 2000 decoder) bundles OpenJPEG and
 exports its C API, but its Python functions always decode the full image on one thread. A
 chest X-ray cached at 1024 px rarely needs its 2-3k px original: OpenJPEG can stop the inverse
-wavelet transform ``reduce`` levels early (each level halves both sides) and can decode on
-several threads. This module calls those two options via ``ctypes``. When the library or a
+wavelet transform ``reduce`` levels early (each level halves both sides); this module calls
+that option via ``ctypes``. (OpenJPEG's multi-threaded decode is compiled out of the bundled
+library, ``opj_has_thread_support() == 0``, so it is not offered.) When the library or a
 symbol cannot be found, ``available()`` is False and callers use the full pydicom decode.
 """
 
@@ -50,7 +51,6 @@ def _lib() -> ctypes.CDLL | None:
             "opj_create_decompress": (c_void_p, [c_int]),
             "opj_set_default_decoder_parameters": (None, [c_void_p]),
             "opj_setup_decoder": (c_bool, [c_void_p, c_void_p]),
-            "opj_codec_set_threads": (c_bool, [c_void_p, c_int]),
             "opj_stream_create": (c_void_p, [c_size_t, c_bool]),
             "opj_stream_set_read_function": (None, [c_void_p, _READ]),
             "opj_stream_set_skip_function": (None, [c_void_p, _SKIP]),
@@ -78,8 +78,8 @@ def available() -> bool:
     return _lib() is not None
 
 
-def decode(codestream: bytes, reduce: int = 0, threads: int = 1) -> np.ndarray:
-    """Decode a J2K codestream, discarding ``reduce`` resolution levels, on ``threads`` threads.
+def decode(codestream: bytes, reduce: int = 0) -> np.ndarray:
+    """Decode a J2K codestream, discarding ``reduce`` resolution levels.
 
     Returns the first component as an int32 ``[ceil(h / 2**reduce), ceil(w / 2**reduce)]``
     array. Raises RuntimeError when OpenJPEG rejects the data.
@@ -125,8 +125,6 @@ def decode(codestream: bytes, reduce: int = 0, threads: int = 1) -> np.ndarray:
         c_uint32.from_buffer(params, 0).value = int(reduce)  # opj_dparameters_t.cp_reduce
         if not lib.opj_setup_decoder(codec, params):
             raise RuntimeError("OpenJPEG refused the decoder parameters")
-        if threads > 1:
-            lib.opj_codec_set_threads(codec, int(threads))
         if not lib.opj_read_header(stream, codec, ctypes.byref(image)):
             raise RuntimeError("not a JPEG 2000 codestream (header unreadable)")
         if not (lib.opj_decode(codec, stream, image) and lib.opj_end_decompress(codec, stream)):
