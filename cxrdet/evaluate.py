@@ -40,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-level", help="CSV image_id,p_abnormal,p_0..p_13 (cxrdet infer "
                    "--image-level-out): adds image-level ROC AUC per class and abnormal-vs-normal")
     p.add_argument("--fuse-gt", choices=FUSION_CHOICES,
-                   help="fuse the readers' ground-truth boxes first (default: ground truth as given)")
+                   help="fuse the readers' ground-truth boxes first; without it ground truth is used as given")
     p.add_argument("--fuse-iou", type=float, default=0.5, help="IoU of --fuse-gt clustering")
     p.add_argument("--min-readers", type=int, default=2, help="readers a box needs under --fuse-gt consensus")
     p.add_argument("--meta", help="META.csv (image_id,rows,columns): check ground-truth boxes lie inside")
