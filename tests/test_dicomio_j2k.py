@@ -1,0 +1,67 @@
+"""Lossless JPEG 2000 / RLE give exactly their uncompressed twin; the reduced-level JPEG 2000
+decode stays within a tested tolerance of the full decode."""
+
+import numpy as np
+import openjpeg
+import pytest
+from dicom_fixtures import phantom
+from openjpeg.utils import encode_array
+
+from cxrdet.boxes import resized_hw
+from cxrdet.dicomio import j2k
+from cxrdet.dicomio.read import j2k_reduce_level, read_dicom
+from cxrdet.dicomio.write import write_dicom
+from cxrdet.preprocess.cache import CacheSettings
+from cxrdet.preprocess.pipeline import preprocess_file
+
+WINDOW = dict(bits_stored=14, window_center=8000, window_width=12000)
+
+
+@pytest.mark.parametrize("ts", ["jpeg2000", "rle"])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_lossless_file_caches_exactly_like_its_uncompressed_twin(tmp_path, ts, photometric):
+    stored = phantom(96, 80, 14, seed=5)
+    plain = write_dicom(tmp_path / "plain.dicom", stored, photometric=photometric, **WINDOW)
+    packed = write_dicom(tmp_path / "packed.dicom", stored, photometric=photometric,
+                         transfer_syntax=ts, **WINDOW)
+    for settings in (CacheSettings(size=64), CacheSettings(size=64, voi="minmax"),
+                     CacheSettings(size=64, j2k_reduce=False)):
+        a, b = preprocess_file(plain, settings), preprocess_file(packed, settings)
+        assert a.image.shape == resized_hw(stored.shape, 64)
+        np.testing.assert_array_equal(a.image, b.image)
+        assert a.features == b.features
+
+
+def test_reduce_level_rule():
+    assert j2k_reduce_level((2430, 1994), 1024) == 0  # 1215 < 1.75 * 1024
+    assert j2k_reduce_level((2430, 1994), 512) == 1  # 1215 >= 896 > 608
+    assert j2k_reduce_level((3072, 3072), 256) == 2  # 768 >= 448 > 384
+    assert j2k_reduce_level((100, 80), 256) == 0
+
+
+def test_ctypes_decoder_matches_openjpeg_and_reduces_by_powers_of_two():
+    stored = phantom(75, 66, 12, seed=2)
+    codestream = encode_array(stored, bits_stored=12)
+    np.testing.assert_array_equal(j2k.decode(codestream, 0), openjpeg.decode(codestream))
+    assert j2k.decode(codestream, 1).shape == (38, 33)  # ceil(75/2), ceil(66/2)
+    with pytest.raises(RuntimeError):
+        j2k.decode(b"\x00" * 64)
+
+
+@pytest.mark.skipif(not j2k.available(), reason="OpenJPEG C API not exported by pylibjpeg-openjpeg")
+def test_reduced_decode_stays_within_tolerance_of_full_decode(tmp_path):
+    # 14-bit, realistic noise; size 160 -> level 1 (360 px >= 1.75 x 160)
+    stored = phantom(720, 600, 14, seed=7, noise=0.02)
+    path = write_dicom(tmp_path / "big.dicom", stored, transfer_syntax="jpeg2000", **WINDOW)
+    _, meta = read_dicom(path, reduce_to=160)
+    assert meta["decoded_hw"] == (360, 300)
+    fast = preprocess_file(path, CacheSettings(size=160))
+    exact = preprocess_file(path, CacheSettings(size=160, j2k_reduce=False))
+    assert fast.image.shape == exact.image.shape == (160, 133) and fast.orig_hw == (720, 600)
+    diff = np.abs(fast.image.astype(int) - exact.image.astype(int))
+    assert diff.mean() <= 1.0 and diff.max() <= 10, (diff.mean(), diff.max())
+
+
+def test_minmax_files_are_never_decoded_reduced(tmp_path):
+    path = write_dicom(tmp_path / "mm.dicom", phantom(400, 320, 12), transfer_syntax="jpeg2000")
+    assert read_dicom(path, reduce_to=64)[1]["decoded_hw"] == (400, 320)  # no window: min-max
