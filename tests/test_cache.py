@@ -1,0 +1,141 @@
+"""HDF5 cache: layout, settings refusal, atomic finish, resume, corrupt partials, fork safety."""
+
+import multiprocessing as mp
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from cxrdet.errors import UserError
+from cxrdet.preprocess.cache import (FORMAT_VERSION, CacheReader, CacheSettings, CacheWriter,
+                                     partial_path)
+
+S = CacheSettings(size=32, voi="auto")
+
+
+def _img(value, hw=(32, 24)):
+    return np.full(hw, value, dtype=np.uint8)
+
+
+def _write(path, ids, settings=S, finish=True):
+    w = CacheWriter(path, settings)
+    for i, image_id in enumerate(ids):
+        w.write(image_id, _img(i), (64 + i, 48), {"image_id": image_id}, {"px_mean": float(i)})
+    (w.finish if finish else w.close)()
+    return w
+
+
+def test_layout_and_reader_api(tmp_path):
+    path = tmp_path / "c.h5"
+    _write(path, ["b", "a"])
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == FORMAT_VERSION and bool(f.attrs["complete"])
+        assert (f.attrs["size"], f.attrs["voi"]) == (32, "auto")
+        ds = f["images/a"]
+        assert ds.dtype == np.uint8 and ds.shape == (32, 24)
+        assert (ds.attrs["orig_height"], ds.attrs["orig_width"]) == (65, 48)
+    r = CacheReader(path, expect=CacheSettings(size=32))
+    assert r.ids == ["a", "b"] and len(r) == 2 and "a" in r and "z" not in r
+    image, attrs = r.read("b")
+    np.testing.assert_array_equal(image, _img(0))
+    assert attrs == {"orig_height": 64, "orig_width": 48} and r.orig_hw("a") == (65, 48)
+    assert r.cache_hw("a") == (32, 24) and r.settings == S
+    assert r.rows("features") == [{"px_mean": 1.0}, {"px_mean": 0.0}]
+    with pytest.raises(KeyError, match="not in cache"):
+        r.read("z")
+    assert not partial_path(path).exists()
+
+
+def test_reader_refuses_other_settings_and_non_caches(tmp_path):
+    path = tmp_path / "c.h5"
+    _write(path, ["a"])
+    with pytest.raises(UserError, match=r"'size': 32.*'size': 64.*--size 64"):
+        CacheReader(path, expect=CacheSettings(size=64))
+    with pytest.raises(UserError, match="'voi': 'minmax'"):
+        CacheReader(path, expect=CacheSettings(size=32, voi="minmax"))
+    CacheReader(path, expect=CacheSettings(size=32, j2k_reduce=False))  # tolerance-level detail
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = 1
+    with pytest.raises(UserError, match="not a cxrdet image cache"):
+        CacheReader(other)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(UserError, match="not a readable HDF5"):
+        CacheReader(tmp_path / "junk.h5")
+    with pytest.raises(UserError, match="not found"):
+        CacheReader(tmp_path / "missing.h5")
+
+
+def test_interrupted_writer_never_looks_complete_and_resumes(tmp_path):
+    path = tmp_path / "c.h5"
+    _write(path, ["a", "b"], finish=False)  # a run killed after two images
+    assert not path.exists() and partial_path(path).exists()
+    with pytest.raises(UserError, match="incomplete.*rerun"):
+        CacheReader(path)
+    with h5py.File(partial_path(path), "a") as f:  # a third image cut short mid-write
+        f["images"].create_dataset("c", data=_img(9))
+    w = CacheWriter(path, S)
+    assert w.done == {"a", "b"}  # the unfinished "c" was dropped
+    w.write("c", _img(2), (66, 48))
+    w.finish()
+    r = CacheReader(path, expect=S)
+    assert r.ids == ["a", "b", "c"] and r.read("c")[0][0, 0] == 2
+
+
+def test_resume_refuses_a_partial_with_other_settings(tmp_path):
+    path = tmp_path / "c.h5"
+    _write(path, ["a"], finish=False)
+    with pytest.raises(UserError, match="settings"):
+        CacheWriter(path, CacheSettings(size=64))
+    assert partial_path(path).exists()  # left for the user to decide
+
+
+def test_corrupt_partial_is_restarted_with_a_warning(tmp_path):
+    path = tmp_path / "c.h5"
+    partial_path(path).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)  # torn HDF5 superblock
+    with pytest.warns(UserWarning, match="corrupt"):
+        w = CacheWriter(path, S)
+    assert w.done == set()
+    w.write("a", _img(1), (64, 48))
+    w.finish()
+    assert CacheReader(path).ids == ["a"]
+
+
+def test_reopening_a_finished_cache_adds_images(tmp_path):
+    path = tmp_path / "c.h5"
+    _write(path, ["a"])
+    w = CacheWriter(path, S)
+    assert w.done == {"a"} and not path.exists()  # incomplete again while adding
+    w.write("b", _img(5), (64, 48))
+    w.finish()
+    assert CacheReader(path).ids == ["a", "b"]
+
+
+def _read_in_child(reader, queue):
+    queue.put(int(reader.read("b")[0][0, 0]))
+
+
+def test_reader_reopens_in_forked_and_pickled_processes(tmp_path):
+    path = tmp_path / "c.h5"
+    _write(path, ["a", "b", "c"])
+    reader = CacheReader(path)
+    reader.read("a")  # parent handle is open before the fork
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(reader, queue))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and queue.get(timeout=5) == 1
+    clone = pickle.loads(pickle.dumps(reader))  # what spawn workers receive
+    assert clone._h5 is None and clone.read("c")[0][0, 0] == 2
+    assert reader.read("a")[0][0, 0] == 0  # parent handle still fine
+    reader.close()
+    clone.close()
+
+
+def test_settings_validation():
+    with pytest.raises(UserError, match="--voi"):
+        CacheSettings(voi="gamma")
+    with pytest.raises(UserError, match="--size"):
+        CacheSettings(size=4)
