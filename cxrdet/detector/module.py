@@ -1,0 +1,143 @@
+"""The LightningModule: Faster R-CNN training steps, optimiser/schedule, and exact validation mAP.
+
+Validation scores the WHOLE validation fold once per epoch with the competition metric
+(:func:`cxrdet.metrics.evaluate_detections`, mAP@0.4): each rank keeps its images' detections by
+image id, they are gathered from every rank (``all_gather_object``), DistributedSampler padding
+duplicates collapse by image id, rank 0 computes the score once and broadcasts it, so every rank
+logs the same number. Never an average of per-rank scores.
+
+Boxes are scored in ORIGINAL DICOM pixels against the fused validation labels. Class 14
+("No finding") is added to every image with the box (0, 0, 1, 1) and score
+``1 - max finding score`` (1 when the detector finds nothing), so the number is comparable to the
+competition metric, where class 14 is one of the 15 scored classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+from cxrdet.boxes import scale_boxes
+from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX
+from cxrdet.detections import Detections
+from cxrdet.detector.config import DetectorConfig
+from cxrdet.detector.model import build_detector, load_pretrained
+from cxrdet.detector.predict import outputs_to_detections
+from cxrdet.detector.transforms import to_model_input
+
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+
+
+def warmup_cosine(step: int, total: int, warmup: int, warmup_factor: float, min_ratio: float) -> float:
+    """LR multiplier: linear warmup from ``warmup_factor`` to 1, then cosine down to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return warmup_factor + (1.0 - warmup_factor) * step / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def with_no_finding(det: Detections) -> Detections:
+    """Add the class-14 call ``(0, 0, 1, 1)`` scored ``1 - max finding score``."""
+    score = 1.0 - (float(det.scores.max()) if len(det) else 0.0)
+    normal = Detections(np.array([NORMAL_BOX]), np.array([score]), np.array([NO_FINDING]))
+    return Detections.concat([det, normal])
+
+
+def _finite(x: float) -> float:
+    return float(x) if np.isfinite(x) else 0.0
+
+
+class DetectorModule(pl.LightningModule):
+    def __init__(self, config: dict, load_weights: bool = True):
+        super().__init__()
+        # Plain types only: checkpoints stay loadable with weights_only=True.
+        self.save_hyperparameters({"config": dict(config)})
+        self.cfg = DetectorConfig.from_dict(dict(config))
+        self.model = build_detector(self.cfg)
+        if load_weights and self.cfg.pretrained:
+            load_pretrained(self.model, self.cfg, log=pl.utilities.rank_zero_info)
+        self._val_preds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def forward(self, images: list[torch.Tensor]):
+        return self.model([to_model_input(im) for im in images])
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(
+            [to_model_input(im) for im in images],
+            [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets],
+        )
+        total = sum(losses.values())
+        n = len(images)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=n)
+        self.log("train/loss", total.detach(), batch_size=n, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n, prog_bar=True)
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_preds = {}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        outputs = self(images)
+        for det, im, t in zip(outputs_to_detections(outputs), images, targets):
+            orig = det.boxes if len(det) == 0 else scale_boxes(det.boxes, tuple(im.shape[-2:]), tuple(t["orig_hw"].tolist()))
+            self._val_preds[t["image_id"]] = (orig.astype(np.float64), det.scores, det.class_ids)
+
+    def gathered_predictions(self) -> dict[str, Detections]:
+        """This epoch's validation detections of every rank, one entry per image id."""
+        parts = [self._val_preds]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, self._val_preds)
+        merged: dict[str, Detections] = {}
+        for part in parts:
+            for image_id, (boxes, scores, class_ids) in part.items():
+                merged[image_id] = Detections(boxes, scores, class_ids)  # padding repeats overwrite equals
+        return merged
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._val_preds = {}
+            return  # a few sanity batches are not the fold; the metric is for the whole fold only
+        merged = self.gathered_predictions()
+        result = None
+        if self.trainer.is_global_zero:
+            result = self.score(merged)
+        result = self.trainer.strategy.broadcast(result, src=0)
+        self._val_preds = {}
+        self.log("val_map", result["map"], rank_zero_only=False, prog_bar=True)
+        self.log("val_map_no14", result["map_no14"], rank_zero_only=False)
+        self.log("val_images", float(result["n_images"]), rank_zero_only=False)
+        for cid, ap in result["per_class"].items():
+            name = CLASS_NAMES[int(cid)].replace("/", "-").replace(" ", "_")
+            self.log(f"val_ap/{int(cid):02d}_{name}", ap, rank_zero_only=False)
+
+    def score(self, per_image: dict[str, Detections]) -> dict:
+        """Competition mAP@0.4 of ``per_image`` (original pixels) against the validation labels."""
+        from cxrdet.metrics import detections_to_frame, evaluate_detections
+
+        gt = self.trainer.datamodule.table.val_gt
+        det = detections_to_frame({k: with_no_finding(v) for k, v in per_image.items()})
+        res = evaluate_detections(gt, det, pred_image_ids=list(per_image))
+        per_class = {int(k): float(v) for k, v in res.per_class.items() if np.isfinite(v)}
+        # NaN only when the fold has no ground truth at all; 0 keeps checkpoint ranking sane.
+        return {"map": _finite(res.map), "map_no14": _finite(res.map_no14), "per_class": per_class,
+                "n_images": len(per_image)}
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        args = (total, cfg.warmup_steps, cfg.warmup_factor, cfg.min_lr_ratio)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, *args))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,178 @@
+"""``cxrdet train`` (== ``python train_detector.py``): Lightning training on 1 CPU to many GPU nodes.
+
+Run folder (``--out RUN_DIR``)::
+
+    config.json                 the full resolved DetectorConfig
+    checkpoints/best.ckpt       best validation mAP@0.4
+    checkpoints/last.ckpt       end of the latest epoch (what --resume continues from)
+    logs/version_N/metrics.csv  CSVLogger
+    tb/version_N/               TensorBoard
+    export/model.pt + config.json   inference artifact from best.ckpt (see detector.export)
+
+Every flag defaults to the DetectorConfig value; with ``--resume`` the run's config.json is the
+base and only flags given explicitly change it (architecture flags may not change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from cxrdet.detector.config import ARCHITECTURE_FIELDS, FUSIONS, MODELS, OPTIMIZERS, DetectorConfig
+from cxrdet.errors import UserError
+
+CONFIG_FILE = "config.json"
+CKPT_DIR = "checkpoints"
+EXPORT_DIR = "export"
+MONITOR = "val_map"
+
+# flag -> (type, help); dest = config field (dashes -> underscores).
+FLAGS: dict[str, tuple[type, str]] = {
+    "--cache": (str, "HDF5 cache from `cxrdet prepare`"),
+    "--labels": (str, "label CSV (VinBigData train.csv format, original pixels)"),
+    "--folds": (str, "FOLDS.csv (image_id,fold) from `cxrdet split`"),
+    "--fold": (int, "validation fold; the other folds train"),
+    "--model": (str, f"one of {', '.join(MODELS)} (resnet18 is the light CPU/demo option)"),
+    "--weights": (str, "local full-detector state dict, e.g. models-weight/<coco>.pth (head replaced if shapes differ)"),
+    "--backbone-weights": (str, "local ImageNet ResNet state dict (torchvision resnet keys)"),
+    "--trainable-layers": (int, "backbone stages that train with pretrained weights (0-5)"),
+    "--fusion": (str, f"reader fusion of the training boxes: {', '.join(FUSIONS)}"),
+    "--fusion-iou": (float, "IoU threshold of the fusion"),
+    "--min-size": (int, "model input short side (px)"),
+    "--max-size": (int, "model input long-side cap (px)"),
+    "--anchor-sizes": (int, "5 anchor sizes, one per FPN level"),
+    "--normal-fraction": (float, "share of 'No finding' images per epoch (<0: every image once)"),
+    "--box-batch-size-per-image": (int, "RoIs sampled per image for the box head"),
+    "--score-thresh": (float, "minimum detection score kept"),
+    "--detections-per-img": (int, "detections kept per image"),
+    "--optimizer": (str, f"{' or '.join(OPTIMIZERS)}"),
+    "--lr": (float, "peak learning rate for the TOTAL batch (SGD rule: 0.00125 x total images per step)"),
+    "--weight-decay": (float, "weight decay"),
+    "--warmup-steps": (int, "linear warmup steps before cosine decay"),
+    "--grad-clip": (float, "clip the gradient norm (0 = off)"),
+    "--batch-size": (int, "images per device per step"),
+    "--val-batch-size": (int, "images per device per validation step"),
+    "--workers": (int, "DataLoader workers per device"),
+    "--epochs": (int, "epochs"),
+    "--max-steps": (int, "stop after this many optimizer steps (-1 = by epochs)"),
+    "--accelerator": (str, "cpu, gpu, auto, ..."),
+    "--devices": (str, "devices per node: auto, a count, or a list like 0,1"),
+    "--num-nodes": (int, "nodes (torchrun / SLURM)"),
+    "--strategy": (str, "auto, ddp, ddp_find_unused_parameters_true, ..."),
+    "--precision": (str, "32-true, 16-mixed, bf16-mixed"),
+    "--seed": (int, "seed of sampling, augmentation and initialisation"),
+    "--limit-train-batches": (float, "fraction (<=1) or number (>1) of training batches per epoch"),
+    "--limit-val-batches": (float, "fraction or number of validation batches (the metric wants 1.0)"),
+    "--log-every-n-steps": (int, "logging cadence"),
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    defaults = DetectorConfig()
+    p = argparse.ArgumentParser(
+        description="Train the Faster R-CNN detector (PyTorch Lightning; 1 CPU, 1 GPU, DDP, multi-node).",
+        epilog="See docs/training.md for 1 GPU, 8 GPUs, torchrun and SLURM recipes.",
+    )
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config.json, export/)")
+    for flag, (typ, text) in FLAGS.items():
+        dest = flag[2:].replace("-", "_")
+        default = getattr(defaults, dest)
+        nargs = "+" if isinstance(default, list) else None
+        p.add_argument(flag, type=typ, nargs=nargs, default=None, help=f"{text} (default: {default!r})")
+    p.add_argument("--sync-batchnorm", action="store_true", default=None,
+                   help="SyncBatchNorm across devices (always on for the v2 model)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue RUN_DIR from checkpoints/last.ckpt (same global step and optimizer state)")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> DetectorConfig:
+    """Defaults <- RUN_DIR/config.json (with --resume) <- flags given explicitly."""
+    out = Path(args.out)
+    base = DetectorConfig.load(out / CONFIG_FILE) if args.resume else DetectorConfig()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DetectorConfig)
+             if getattr(args, f.name, None) is not None and f.name != "out"}
+    if args.resume:
+        changed = [k for k in ARCHITECTURE_FIELDS if k in given and given[k] != getattr(base, k)]
+        if changed:
+            raise UserError(f"--resume cannot change {changed} of {out / CONFIG_FILE}; start a new --out instead")
+    cfg = dataclasses.replace(base, **given, out=str(out))
+    for name in ("cache", "labels", "folds"):
+        if not getattr(cfg, name):
+            raise UserError(f"--{name} is required (or --resume a run whose config.json names it)")
+    cfg.check("command line")
+    return cfg
+
+
+def _devices(value: str):
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return text
+
+
+def _limit(value: float):
+    return int(value) if value > 1 else float(value)
+
+
+def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+: faster, detection-safe
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1, save_last=True,
+        auto_insert_metric_name=False,
+    )
+    out = Path(cfg.out)
+    return pl.Trainer(
+        accelerator=cfg.accelerator, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, precision=cfg.precision, max_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        gradient_clip_val=cfg.grad_clip or None, gradient_clip_algorithm="norm",
+        sync_batchnorm=cfg.sync_batchnorm or cfg.model.endswith("_v2"),
+        use_distributed_sampler=False,  # our EpochSampler and val DistributedSampler shard themselves
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")],
+        limit_train_batches=_limit(cfg.limit_train_batches), limit_val_batches=_limit(cfg.limit_val_batches),
+        log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=1, enable_progress_bar=True,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import pytorch_lightning as pl
+
+    from cxrdet.detector.data import DetectorDataModule, load_table
+    from cxrdet.detector.export import export_checkpoint
+    from cxrdet.detector.module import DetectorModule
+
+    cfg = resolve_config(args)
+    out = Path(cfg.out)
+    ckpt_dir = out / CKPT_DIR
+    last = ckpt_dir / "last.ckpt"
+    if args.resume and not last.is_file():
+        raise UserError(f"--resume: {last} does not exist; nothing to continue (train without --resume first)")
+    if not args.resume and last.is_file():
+        raise UserError(f"{out} already holds a run ({last}); pass --resume to continue it or choose a new --out")
+    table = load_table(cfg)  # every input checked before any process group or GPU is touched
+    cfg = dataclasses.replace(cfg, cache_size=table.cache_size, cache_voi=table.cache_voi)
+
+    pl.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg, ckpt_dir)
+    if trainer.is_global_zero:
+        cfg.save(out / CONFIG_FILE)
+    module = DetectorModule(cfg.to_dict(), load_weights=not args.resume)
+    datamodule = DetectorDataModule(cfg, table)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if args.resume else None, weights_only=True)
+
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        best = trainer.checkpoint_callback.best_model_path
+        source = Path(best) if best and Path(best).is_file() else last
+        export_checkpoint(source, out / EXPORT_DIR)
+        print(f"run folder {out}: best {MONITOR} {trainer.checkpoint_callback.best_model_score}, "
+              f"artifact {out / EXPORT_DIR} (from {source.name})")
+    return 0
