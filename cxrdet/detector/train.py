@@ -119,7 +119,7 @@ def _limit(value: float):
 def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     if torch.cuda.is_available():
@@ -135,7 +135,7 @@ def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
         gradient_clip_val=cfg.grad_clip or None, gradient_clip_algorithm="norm",
         sync_batchnorm=cfg.sync_batchnorm or cfg.model.endswith("_v2"),
         use_distributed_sampler=False,  # our EpochSampler and val DistributedSampler shard themselves
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        callbacks=[checkpoint],
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")],
         limit_train_batches=_limit(cfg.limit_train_batches), limit_val_batches=_limit(cfg.limit_val_batches),
         log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=1, enable_progress_bar=True,
@@ -168,6 +168,8 @@ def main(args: argparse.Namespace) -> int:
     datamodule = DetectorDataModule(cfg, table)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if args.resume else None, weights_only=True)
 
+    # A run stopped by --max-steps mid-epoch has newer weights than the epoch-end last.ckpt.
+    trainer.save_checkpoint(last, weights_only=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path
