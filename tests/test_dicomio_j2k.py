@@ -33,9 +33,10 @@ def test_lossless_file_caches_exactly_like_its_uncompressed_twin(tmp_path, ts, p
 
 
 def test_reduce_level_rule():
-    assert j2k_reduce_level((2430, 1994), 1024) == 0  # 1215 < 1.75 * 1024
-    assert j2k_reduce_level((2430, 1994), 512) == 1  # 1215 >= 896 > 608
-    assert j2k_reduce_level((3072, 3072), 256) == 2  # 768 >= 448 > 384
+    assert j2k_reduce_level((2430, 1994), 1024) == 0  # 1215 < 1.4 * 1024
+    assert j2k_reduce_level((3072, 3072), 1024) == 1  # 1536 >= 1434
+    assert j2k_reduce_level((2430, 1994), 512) == 1  # 1215 >= 717 > 608
+    assert j2k_reduce_level((3072, 3072), 256) == 3  # 384 >= 359 > 192
     assert j2k_reduce_level((100, 80), 256) == 0
 
 
@@ -50,16 +51,17 @@ def test_ctypes_decoder_matches_openjpeg_and_reduces_by_powers_of_two():
 
 @pytest.mark.skipif(not j2k.available(), reason="OpenJPEG C API not exported by pylibjpeg-openjpeg")
 def test_reduced_decode_stays_within_tolerance_of_full_decode(tmp_path):
-    # 14-bit, realistic noise; size 160 -> level 1 (360 px >= 1.75 x 160)
+    # 14-bit, realistic noise; size 240 -> level 1 (360 px = 1.5 x 240), the rule's low end
     stored = phantom(720, 600, 14, seed=7, noise=0.02)
     path = write_dicom(tmp_path / "big.dicom", stored, transfer_syntax="jpeg2000", **WINDOW)
-    _, meta = read_dicom(path, reduce_to=160)
+    _, meta = read_dicom(path, reduce_to=240)
     assert meta["decoded_hw"] == (360, 300)
-    fast = preprocess_file(path, CacheSettings(size=160))
-    exact = preprocess_file(path, CacheSettings(size=160, j2k_reduce=False))
-    assert fast.image.shape == exact.image.shape == (160, 133) and fast.orig_hw == (720, 600)
+    fast = preprocess_file(path, CacheSettings(size=240))
+    exact = preprocess_file(path, CacheSettings(size=240, j2k_reduce=False))
+    assert fast.image.shape == exact.image.shape == (240, 200) and fast.orig_hw == (720, 600)
     diff = np.abs(fast.image.astype(int) - exact.image.astype(int))
-    assert diff.mean() <= 1.0 and diff.max() <= 10, (diff.mean(), diff.max())
+    # measured 1.33 / 5 / 14: about one grey level on average, edges a little sharper
+    assert diff.mean() <= 1.6 and np.percentile(diff, 99) <= 6 and diff.max() <= 20, diff.max()
 
 
 def test_minmax_files_are_never_decoded_reduced(tmp_path):

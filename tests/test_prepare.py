@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from dicom_fixtures import write_bad_files, write_good_set
 
+import cxrdet.preprocess.pipeline as pipeline_mod
 import cxrdet.preprocess.prepare as prepare_mod
 from cxrdet.boxes import resized_hw
 from cxrdet.cli import main
@@ -72,7 +73,7 @@ def test_clean_run_exits_0_with_empty_errors_csv(tmp_path, dicom_dir):
 
 def test_killed_run_resumes_and_skips_finished_images(tmp_path, dicom_dir, monkeypatch):
     out, calls = tmp_path / "c.h5", []
-    real = prepare_mod.preprocess_file
+    real = pipeline_mod.preprocess_file  # workers=1 runs the pipeline in this process
 
     def dies_after_two(path, settings):
         if len(calls) == 3:
@@ -80,13 +81,13 @@ def test_killed_run_resumes_and_skips_finished_images(tmp_path, dicom_dir, monke
         calls.append(path.name)
         return real(path, settings)
 
-    monkeypatch.setattr(prepare_mod, "preprocess_file", dies_after_two)
+    monkeypatch.setattr(pipeline_mod, "preprocess_file", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_prepare(dicom_dir, out, CacheSettings(size=32), workers=1)
     assert not out.exists() and partial_path(out).exists()
     with pytest.raises(UserError, match="incomplete"):
         CacheReader(out)
-    monkeypatch.setattr(prepare_mod, "preprocess_file", real)
+    monkeypatch.setattr(pipeline_mod, "preprocess_file", real)
     assert run_prepare(dicom_dir, out, CacheSettings(size=32), workers=1) == 3  # only the rest
     assert len(CacheReader(out)) == 6 and not partial_path(out).exists()
     assert run_prepare(dicom_dir, out, CacheSettings(size=32), workers=1) == 0  # all done

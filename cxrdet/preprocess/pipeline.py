@@ -15,6 +15,7 @@ import numpy as np
 
 from cxrdet.boxes import resized_hw
 from cxrdet.dicomio import intensity
+from cxrdet.dicomio.errors import BadDicomError
 from cxrdet.dicomio.read import read_dicom
 from cxrdet.preprocess.cache import CacheSettings
 from cxrdet.preprocess.features import pixel_features
@@ -49,3 +50,18 @@ def preprocess_file(path: str | os.PathLike, settings: CacheSettings,
     meta.pop("decoded_hw", None)
     features = pixel_features(image) if with_features else {}
     return PreparedImage(meta["image_id"], image, orig_hw, meta, features)
+
+
+def init_worker() -> None:
+    """Per-process set-up of a decoding worker."""
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+
+
+def prepare_job(job: tuple[os.PathLike, CacheSettings]) -> tuple[str, PreparedImage | None, str]:
+    """Worker entry: ``(file name, PreparedImage or None, reason)``; lives here, not in the
+    command module, so spawned workers import only the pipeline (no pandas)."""
+    path, settings = job
+    try:
+        return os.path.basename(path), preprocess_file(path, settings), ""
+    except BadDicomError as e:
+        return os.path.basename(path), None, e.reason
