@@ -70,6 +70,7 @@ def test_train_gate_with_detections_writes_every_output(data, tmp_path):
     assert (out / "feature_importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "report.json").read_text())
     assert list(report["ablation_oof_auc"]) == ["metadata", "metadata+pixel", "metadata+pixel+detector"]
+    assert all("gated_map_tuned" in r for r in report["ablation_oof_auc"].values())
     assert report["cv"]["oof_auc"] > 0.9 and len(report["cv"]["fold_auc"]) == 4  # FOLDS.csv wins over --n-folds
     assert report["thresholds"]["source"].startswith("tuned")
     tuning = report["threshold_tuning"]
