@@ -35,12 +35,20 @@ ABNORMAL_RULES = ("any", "majority")
 
 OOF_HELP = """\
 detector evidence (--detections) must be OUT-OF-FOLD: the boxes of every training image must
-come from a detector that was not trained on that image (train one detector per fold with
-`cxrdet train --fold k`, predict each on its own held-out fold, concatenate). In-fold boxes are
-confidently right on the images the detector memorised, so the gate would learn to trust them
-and fail on new images. Pass the detector runs with --detector-run so the command can check
-this: an image is accepted when at least one given run held it out (its fold is the run's
-validation fold); otherwise the command refuses. Without --detector-run it only warns.
+come from a detector that was not trained on that image. In-fold boxes are confidently right on
+the images the detector memorised, so the gate would learn to trust them and fail on new images.
+Pass the detector runs with --detector-run so the command can check this: an image is accepted
+when at least one given run held it out (its fold is the run's validation fold); otherwise the
+command refuses. Without --detector-run it only warns. Give UNGATED detections (no class 14),
+made with the same inference settings (TTA, ensemble) that will feed the gate later.
+
+example (3 folds):
+  cxrdet split --labels train.csv --folds 3 --out FOLDS.csv
+  cxrdet train --cache C.h5 --labels train.csv --folds FOLDS.csv --fold K --out runs/fK   (K=0,1,2)
+  cxrdet infer --cache C.h5 --model runs/fK/export --folds FOLDS.csv --fold K --out oof_K.csv
+  cxrdet merge-submissions --out oof.csv oof_0.csv oof_1.csv oof_2.csv
+  cxrdet train-gate --meta META.csv --labels train.csv --folds FOLDS.csv --out gate \\
+      --detections oof.csv --detector-run runs/f0 --detector-run runs/f1 --detector-run runs/f2
 """
 
 
@@ -75,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "--detections; repeat once per fold run. Used to refuse in-fold detections")
     p.add_argument("--low", type=float, default=None, help=f"fix the low threshold (default: tuned, else {DEFAULT_LOW})")
     p.add_argument("--high", type=float, default=None, help=f"fix the high threshold (default: tuned, else {DEFAULT_HIGH})")
-    p.add_argument("--n-estimators", type=int, default=2000, help="max boosting rounds per fold (early stopping ends sooner)")
+    p.add_argument("--n-estimators", type=int, default=2000, help="max boosting rounds per fold; early stopping ends sooner (default 2000)")
     p.add_argument("--learning-rate", type=float, default=0.03, help="XGBoost eta (default 0.03)")
     p.add_argument("--max-depth", type=int, default=4, help="tree depth (default 4)")
     p.add_argument("--early-stopping", type=int, default=100, help="rounds without held-out log-loss gain before a fold stops (default 100)")
