@@ -122,6 +122,8 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         fold_ids = np.asarray(folds).astype(np.int64).reshape(-1)
         if len(fold_ids) != len(y):
             raise ValueError(f"folds has {len(fold_ids)} entries for {len(y)} rows")
+        if len(np.unique(fold_ids)) < 2:
+            raise UserError("the fold assignment has a single fold; cross-validation needs at least 2")
         for k in np.unique(fold_ids):
             if len(np.unique(y[fold_ids == k])) < 2 or len(np.unique(y[fold_ids != k])) < 2:
                 raise UserError(
@@ -129,8 +131,6 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
                     "stopping are undefined. Fix: use a stratified split (`cxrdet split`) or "
                     "drop --folds to let the gate stratify by itself."
                 )
-        if len(np.unique(fold_ids)) < 2:
-            raise UserError("the fold assignment has a single fold; cross-validation needs at least 2")
         return fold_ids
 
     def _params(self) -> dict:
