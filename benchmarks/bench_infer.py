@@ -40,22 +40,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="infer DataLoader workers (default 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
+    p.add_argument("--cache", help="use this existing cache (from `cxrdet prepare`) instead of making one; "
+                   "--size and --n-images then come from it")
     return p
 
 
-def make_data(root: Path, args) -> tuple[Path, Path]:
-    """A synthetic test cache and a random-weights detector artifact made for it."""
+def make_cache(root: Path, args) -> Path:
+    """A synthetic test set prepared into a cache (realistic non-square sizes)."""
     rc = cli(["synth", "--out", str(root / "synth"), "--n-train", "1", "--n-test", str(args.n_images),
               "--seed", "7", "--no-progress", "--workers", "2"])
     rc |= cli(["prepare", "--dicom-dir", str(root / "synth" / "test"), "--out", str(root / "test.h5"),
                "--meta-out", str(root / "test_meta.csv"), "--size", str(args.size), "--workers", "2"])
     if rc:
         raise SystemExit(f"making the benchmark data failed (exit {rc})")
+    return root / "test.h5"
+
+
+def make_artifact(root: Path, arch: str, cache: Path) -> Path:
+    """A randomly initialised detector for the cache's settings (fixed seed)."""
+    with CacheReader(cache) as reader:
+        settings = reader.settings
     torch.manual_seed(0)
-    cfg = DetectorConfig(model=args.arch, cache_size=args.size, cache_voi="auto", min_size=args.size,
-                         max_size=args.size)
-    write_artifact(build_detector(cfg).state_dict(), cfg, root / "artifact")
-    return root / "test.h5", root / "artifact"
+    cfg = DetectorConfig(model=arch, cache_size=settings.size, cache_voi=settings.voi, min_size=settings.size,
+                         max_size=settings.size)
+    return write_artifact(build_detector(cfg).state_dict(), cfg, root / "artifact")
 
 
 def plain_loop(artifact: Path, cache: Path, batch_size: int, device: torch.device) -> float:
@@ -91,7 +99,10 @@ def main() -> None:
     args = get_args_parser().parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
-        cache, artifact = make_data(root, args)
+        cache = Path(args.cache) if args.cache else make_cache(root, args)
+        with CacheReader(cache) as reader:
+            args.n_images, args.size = len(reader.ids), reader.settings.size
+        artifact = make_artifact(root, args.arch, cache)
         device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
         base = plain_loop(artifact, cache, args.batch_size, device)
         ours = cxrdet_infer(artifact, cache, root / "submission.csv", args)

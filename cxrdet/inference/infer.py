@@ -42,6 +42,7 @@ from cxrdet.inference.sources import (
 )
 from cxrdet.inference.tta import TTA_CHOICES, FusionConfig, predict_fused
 
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Batch inference: detector(s) + gate -> Kaggle submission CSV with boxes in original "
@@ -224,15 +225,13 @@ def process_batch(samples: list[Sample], models: list, gate: GateRuntime | None,
             write_overlay(args.vis_dir, s.image_id, s.image, final, s.orig_hw, args.vis_min_score)
 
 
-def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args, device) -> Outputs:
+def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args) -> Outputs:
     """The batched loop over ``source`` with a progress bar."""
     loader = DataLoader(
         source,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        collate_fn=collate_samples,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        collate_fn=collate_samples,  # numpy images of different sizes: nothing to pin or stack
     )
     out = Outputs()
     with torch.inference_mode(), tqdm(total=len(source), unit="img", desc="infer", file=sys.stderr) as bar:
@@ -298,7 +297,7 @@ def main(args: argparse.Namespace) -> int:
         check_vis_names(args.vis_dir, source.ids)
     announce(args, source, models, settings, device, gate)
     start = time.perf_counter()
-    out = run_inference(source, models, gate, args, device)
+    out = run_inference(source, models, gate, args)
     elapsed = time.perf_counter() - start
     write_outputs(args, out)
     n_ok = len(source) - len(out.failures)
