@@ -67,3 +67,13 @@ def test_reduced_decode_stays_within_tolerance_of_full_decode(tmp_path):
 def test_minmax_files_are_never_decoded_reduced(tmp_path):
     path = write_dicom(tmp_path / "mm.dicom", phantom(400, 320, 12), transfer_syntax="jpeg2000")
     assert read_dicom(path, reduce_to=64)[1]["decoded_hw"] == (400, 320)  # no window: min-max
+
+
+def test_signed_j2k_reduced_decode_keeps_the_sign(tmp_path):
+    stored = phantom(240, 200, 14, seed=4, signed=True)
+    path = write_dicom(tmp_path / "s.dicom", stored, transfer_syntax="jpeg2000", bits_stored=14,
+                       window_center=0, window_width=12000)
+    fast, meta = read_dicom(path, reduce_to=80)
+    exact, _ = read_dicom(path)
+    assert meta["decoded_hw"] == (120, 100)  # reduced path taken, not the pydicom fallback
+    assert abs(float(fast.mean()) - float(exact.mean())) < 0.01  # same intensities, sign intact

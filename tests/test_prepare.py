@@ -90,7 +90,9 @@ def test_killed_run_resumes_and_skips_finished_images(tmp_path, dicom_dir, monke
     monkeypatch.setattr(pipeline_mod, "preprocess_file", real)
     assert run_prepare(dicom_dir, out, CacheSettings(size=32), workers=1) == 3  # only the rest
     assert len(CacheReader(out)) == 6 and not partial_path(out).exists()
+    stamp = out.stat().st_mtime_ns
     assert run_prepare(dicom_dir, out, CacheSettings(size=32), workers=1) == 0  # all done
+    assert out.stat().st_mtime_ns == stamp  # a no-op rerun leaves the finished cache alone
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path, dicom_dir, capsys):

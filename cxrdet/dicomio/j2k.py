@@ -84,6 +84,11 @@ def decode(codestream: bytes, reduce: int = 0) -> np.ndarray:
     Returns the first component as an int32 ``[ceil(h / 2**reduce), ceil(w / 2**reduce)]``
     array. Raises RuntimeError when OpenJPEG rejects the data.
     """
+    return decode_with_info(codestream, reduce)[0]
+
+
+def decode_with_info(codestream: bytes, reduce: int = 0) -> tuple[np.ndarray, int, bool]:
+    """``decode`` plus the codestream's component precision (bits) and signedness."""
     lib = _lib()
     if lib is None:
         raise RuntimeError("OpenJPEG C API not available")
@@ -131,9 +136,10 @@ def decode(codestream: bytes, reduce: int = 0) -> np.ndarray:
             raise RuntimeError("JPEG 2000 data is corrupt or truncated")
         comp = image.contents.comps[0]
         out = np.ctypeslib.as_array(comp.data, shape=(comp.h, comp.w)).copy()
+        precision, signed = int(comp.prec), bool(comp.sgnd)
     finally:
         if image:
             lib.opj_image_destroy(image)
         lib.opj_stream_destroy(stream)
         lib.opj_destroy_codec(codec)
-    return out
+    return out, precision, signed

@@ -137,9 +137,13 @@ def decode_stored(ds: Dataset, reduce_to: int | None = None) -> np.ndarray:
         if level > 0:
             try:
                 codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
-                return j2k.decode(codestream, reduce=level)
+                arr, precision, signed = j2k.decode_with_info(codestream, reduce=level)
             except (RuntimeError, StopIteration, ValueError):
-                pass  # e.g. fewer wavelet levels than asked: the full decode below decides
+                arr = None  # e.g. fewer wavelet levels than asked: the full decode below decides
+            # a codestream that disagrees with the tags needs pydicom's J2K corrections
+            if arr is not None and precision == int(ds.get("BitsStored", precision)) and \
+                    signed == bool(ds.get("PixelRepresentation", 0)):
+                return arr
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from cxrdet.dicomio.intensity import VOI_CHOICES
 from cxrdet.dicomio.meta import DICOM_SUFFIXES, image_id_from_path
 from cxrdet.errors import FailureLog, UserError
-from cxrdet.preprocess.cache import CacheReader, CacheSettings, CacheWriter
+from cxrdet.preprocess.cache import CacheReader, CacheSettings, CacheWriter, partial_path
 from cxrdet.preprocess.pipeline import init_worker, prepare_job
 from cxrdet.preprocess.tables import write_tables
 
@@ -115,6 +115,10 @@ def run_prepare(dicom_dir: Path, out: Path, settings: CacheSettings, workers: in
     """Fill ``out`` with the shard's images; return how many were newly written."""
     failures = FailureLog() if failures is None else failures
     paths = list_dicoms(dicom_dir, shard, failures)
+    if out.exists() and not partial_path(out).exists():
+        with CacheReader(out, expect=settings) as finished:  # refuses other settings
+            if all(image_id_from_path(p) in finished for p in paths):
+                return 0  # nothing new: leave the finished cache untouched
     writer = CacheWriter(out, settings)
     todo = [p for p in paths if image_id_from_path(p) not in writer.done]
     written = 0
