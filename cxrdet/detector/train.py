@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import warnings
 from pathlib import Path
 
 from cxrdet.detector.config import ARCHITECTURE_FIELDS, FUSIONS, MODELS, OPTIMIZERS, DetectorConfig
@@ -33,11 +34,11 @@ FLAGS: dict[str, tuple[type, str]] = {
     "--labels": (str, "label CSV (VinBigData train.csv format, original pixels)"),
     "--folds": (str, "FOLDS.csv (image_id,fold) from `cxrdet split`"),
     "--fold": (int, "validation fold; the other folds train"),
-    "--model": (str, f"one of {', '.join(MODELS)} (resnet18 is the light CPU/demo option)"),
+    "--model": (str, "detector (resnet18 is the light CPU/demo option)"),
     "--weights": (str, "local full-detector state dict, e.g. models-weight/<coco>.pth (head replaced if shapes differ)"),
     "--backbone-weights": (str, "local ImageNet ResNet state dict (torchvision resnet keys)"),
     "--trainable-layers": (int, "backbone stages that train with pretrained weights (0-5)"),
-    "--fusion": (str, f"reader fusion of the training boxes: {', '.join(FUSIONS)}"),
+    "--fusion": (str, "reader fusion of the training boxes"),
     "--fusion-iou": (float, "IoU threshold of the fusion"),
     "--min-size": (int, "model input short side (px)"),
     "--max-size": (int, "model input long-side cap (px)"),
@@ -46,7 +47,7 @@ FLAGS: dict[str, tuple[type, str]] = {
     "--box-batch-size-per-image": (int, "RoIs sampled per image for the box head"),
     "--score-thresh": (float, "minimum detection score kept"),
     "--detections-per-img": (int, "detections kept per image"),
-    "--optimizer": (str, f"{' or '.join(OPTIMIZERS)}"),
+    "--optimizer": (str, "optimizer"),
     "--lr": (float, "peak learning rate for the TOTAL batch (SGD rule: 0.00125 x total images per step)"),
     "--weight-decay": (float, "weight decay"),
     "--warmup-steps": (int, "linear warmup steps before cosine decay"),
@@ -68,18 +69,31 @@ FLAGS: dict[str, tuple[type, str]] = {
 }
 
 
+CHOICES = {"--model": MODELS, "--fusion": FUSIONS, "--optimizer": OPTIMIZERS}
+PATH_FLAGS = {"--cache", "--labels", "--folds", "--weights", "--backbone-weights"}
+
+
+def _metavar(flag: str, typ: type) -> str:
+    if flag in CHOICES:
+        return "{" + ",".join(CHOICES[flag]) + "}"
+    if flag in PATH_FLAGS:
+        return "PATH"
+    return {int: "N", float: "X"}.get(typ, "VALUE")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = DetectorConfig()
     p = argparse.ArgumentParser(
         description="Train the Faster R-CNN detector (PyTorch Lightning; 1 CPU, 1 GPU, DDP, multi-node).",
         epilog="See docs/training.md for 1 GPU, 8 GPUs, torchrun and SLURM recipes.",
     )
-    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config.json, export/)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (checkpoints, logs, config.json, export/)")
     for flag, (typ, text) in FLAGS.items():
         dest = flag[2:].replace("-", "_")
         default = getattr(defaults, dest)
         nargs = "+" if isinstance(default, list) else None
-        p.add_argument(flag, type=typ, nargs=nargs, default=None, help=f"{text} (default: {default!r})")
+        p.add_argument(flag, type=typ, nargs=nargs, default=None, choices=CHOICES.get(flag),
+                       metavar=_metavar(flag, typ), help=f"{text} (default: {default!r})")
     p.add_argument("--sync-batchnorm", action="store_true", default=None,
                    help="SyncBatchNorm across devices (always on for the v2 model)")
     p.add_argument("--resume", action="store_true",
@@ -122,6 +136,9 @@ def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+    # Lightning advises sync_dist for epoch metrics under DDP; ours are already global (gathered
+    # predictions, one score broadcast from rank 0), and averaging equal values is a wasted all-reduce.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+: faster, detection-safe
     checkpoint = ModelCheckpoint(
