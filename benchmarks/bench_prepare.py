@@ -9,7 +9,13 @@ features and the atomic HDF5 cache) with worker processes.
     python benchmarks/bench_prepare.py --dicom-dir DIR     # your own DICOMs
 
 The default folder is written once with ``cxrdet.synth`` at real VinBigData sizes (scale 1,
-about 2400x2000 to 3000x2400 px, 25% JPEG 2000, 15% RLE) under data/bench_prepare/.
+about 2400x2000 to 3000x2400 px, 25% JPEG 2000, 15% RLE) under data/bench_prepare_*/.
+
+Measured 2026-11-22, 32 files (median 2690x2282), an idle 16-core x86 host pinned to 2 cores
+with ``taskset -c 0,1``: --size 1024: baseline 2.15 img/s, prepare --workers 2 4.69 img/s
+(2.18x), --workers 1 2.74 img/s (1.27x); --size 512: 2.25 vs 8.32 img/s (3.70x; the reduced
+JPEG 2000 decode does most of it). On the shared 2-core dev box (load average 4-6 from other
+jobs) the same run gave 1.37x: two workers cannot get two cores there.
 """
 
 from __future__ import annotations

@@ -116,6 +116,7 @@ def _read_in_child(reader, queue):
     queue.put(int(reader.read("b")[0][0, 0]))
 
 
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # fork is what DataLoader does
 def test_reader_reopens_in_forked_and_pickled_processes(tmp_path):
     path = tmp_path / "c.h5"
     _write(path, ["a", "b", "c"])

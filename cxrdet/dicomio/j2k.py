@@ -92,7 +92,32 @@ def decode_with_info(codestream: bytes, reduce: int = 0) -> tuple[np.ndarray, in
     lib = _lib()
     if lib is None:
         raise RuntimeError("OpenJPEG C API not available")
-    data = bytes(codestream)
+    codec = lib.opj_create_decompress(_CODEC_J2K)
+    stream, _keep_alive = _memory_stream(lib, bytes(codestream))
+    image = POINTER(_Image)()
+    try:
+        params = ctypes.create_string_buffer(_DPARAMS_BYTES)
+        lib.opj_set_default_decoder_parameters(params)
+        c_uint32.from_buffer(params, 0).value = int(reduce)  # opj_dparameters_t.cp_reduce
+        if not lib.opj_setup_decoder(codec, params):
+            raise RuntimeError("OpenJPEG refused the decoder parameters")
+        if not lib.opj_read_header(stream, codec, ctypes.byref(image)):
+            raise RuntimeError("not a JPEG 2000 codestream (header unreadable)")
+        if not (lib.opj_decode(codec, stream, image) and lib.opj_end_decompress(codec, stream)):
+            raise RuntimeError("JPEG 2000 data is corrupt or truncated")
+        comp = image.contents.comps[0]
+        out = np.ctypeslib.as_array(comp.data, shape=(comp.h, comp.w)).copy()
+        precision, signed = int(comp.prec), bool(comp.sgnd)
+    finally:
+        if image:
+            lib.opj_image_destroy(image)
+        lib.opj_stream_destroy(stream)
+        lib.opj_destroy_codec(codec)
+    return out, precision, signed
+
+
+def _memory_stream(lib: ctypes.CDLL, data: bytes) -> tuple[int, tuple]:
+    """An OpenJPEG input stream over ``data``; keep the returned callbacks alive while in use."""
     pos = [0]
 
     @_READ
@@ -117,29 +142,9 @@ def decode_with_info(codestream: bytes, reduce: int = 0) -> tuple[np.ndarray, in
         pos[0] = offset
         return True
 
-    codec = lib.opj_create_decompress(_CODEC_J2K)
     stream = lib.opj_stream_create(1 << 20, True)
-    image = POINTER(_Image)()
-    try:
-        lib.opj_stream_set_read_function(stream, read)
-        lib.opj_stream_set_skip_function(stream, skip)
-        lib.opj_stream_set_seek_function(stream, seek)
-        lib.opj_stream_set_user_data_length(stream, len(data))
-        params = ctypes.create_string_buffer(_DPARAMS_BYTES)
-        lib.opj_set_default_decoder_parameters(params)
-        c_uint32.from_buffer(params, 0).value = int(reduce)  # opj_dparameters_t.cp_reduce
-        if not lib.opj_setup_decoder(codec, params):
-            raise RuntimeError("OpenJPEG refused the decoder parameters")
-        if not lib.opj_read_header(stream, codec, ctypes.byref(image)):
-            raise RuntimeError("not a JPEG 2000 codestream (header unreadable)")
-        if not (lib.opj_decode(codec, stream, image) and lib.opj_end_decompress(codec, stream)):
-            raise RuntimeError("JPEG 2000 data is corrupt or truncated")
-        comp = image.contents.comps[0]
-        out = np.ctypeslib.as_array(comp.data, shape=(comp.h, comp.w)).copy()
-        precision, signed = int(comp.prec), bool(comp.sgnd)
-    finally:
-        if image:
-            lib.opj_image_destroy(image)
-        lib.opj_stream_destroy(stream)
-        lib.opj_destroy_codec(codec)
-    return out, precision, signed
+    lib.opj_stream_set_read_function(stream, read)
+    lib.opj_stream_set_skip_function(stream, skip)
+    lib.opj_stream_set_seek_function(stream, seek)
+    lib.opj_stream_set_user_data_length(stream, len(data))
+    return stream, (read, skip, seek)

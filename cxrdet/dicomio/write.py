@@ -81,11 +81,7 @@ def write_dicom(
     deliberately odd files in tests. Returns the path written.
     """
     arr = _check_pixels(stored, bits_stored)
-    ts_uid, plugin = _transfer_syntax(transfer_syntax)
-    if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
-        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
-    if modality not in _SOP_CLASS:
-        raise ValueError(f"modality must be one of {sorted(_SOP_CLASS)}, got {modality!r}")
+    ts_uid, plugin = _check_options(arr, photometric, modality, transfer_syntax)
 
     content = hashlib.sha256(arr.tobytes()).hexdigest()
     key = (content, arr.shape, photometric, bits_stored, modality, patient_age, patient_sex)
@@ -100,9 +96,6 @@ def write_dicom(
         ds.VOILUTSequence = DicomSequence([_voi_lut_item(voi_lut, voi_lut_first_mapped)])
     ds.PixelData = arr.tobytes()
 
-    if ts_uid == JPEG2000Lossless and min(arr.shape) < 32:
-        # pylibjpeg-openjpeg always uses 6 wavelet resolutions: each side needs >= 2**5 pixels
-        raise ValueError(f"JPEG 2000 needs images of at least 32x32 pixels, got {arr.shape}")
     if ts_uid.is_compressed:
         # compress() encodes from PixelData and the image pixel module set above
         ds.compress(ts_uid, encoding_plugin=plugin, generate_instance_uid=False)
@@ -120,6 +113,19 @@ def write_dicom(
     ds.save_as(path, implicit_vr=ts_uid == ImplicitVRLittleEndian, little_endian=True,
                enforce_file_format=True)
     return path
+
+
+def _check_options(arr: np.ndarray, photometric: str, modality: str,
+                   transfer_syntax: str) -> tuple[UID, str]:
+    ts_uid, plugin = _transfer_syntax(transfer_syntax)
+    if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    if modality not in _SOP_CLASS:
+        raise ValueError(f"modality must be one of {sorted(_SOP_CLASS)}, got {modality!r}")
+    if ts_uid == JPEG2000Lossless and min(arr.shape) < 32:
+        # pylibjpeg-openjpeg always uses 6 wavelet resolutions: each side needs >= 2**5 pixels
+        raise ValueError(f"JPEG 2000 needs images of at least 32x32 pixels, got {arr.shape}")
+    return ts_uid, plugin
 
 
 def _check_pixels(stored: np.ndarray, bits_stored: int) -> np.ndarray:
