@@ -171,3 +171,15 @@ def test_cache_matches_direct_pipeline_call(tmp_path, dicom_dir):
         cached = f["images/m1_14_j2k"][()]
     direct = preprocess_file(dicom_dir / "m1_14_j2k.dicom", CacheSettings(size=32))
     np.testing.assert_array_equal(cached, direct.image)
+
+
+@pytest.mark.parametrize("command", ["prepare", "merge-cache"])
+def test_help_documents_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    flags = ["--out", "--meta-out"] + (["--dicom-dir", "--size", "--voi", "--workers", "--shard",
+                                         "--errors-out", "--features-out", "--exact-j2k"]
+                                        if command == "prepare" else [])
+    assert all(flag in out for flag in flags)

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tqdm import tqdm
@@ -96,7 +97,8 @@ def _results(paths: list[Path], settings: CacheSettings, workers: int) -> Iterat
     # spawn: no fork of a parent holding an open HDF5 file, tqdm's thread or OpenCV's pool.
     # ProcessPoolExecutor (not Pool) so a crashed worker raises instead of hanging the run.
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker)
+    try:
         pending: set = set()
         queue = iter(jobs)
         for job in itertools.islice(queue, 4 * workers):  # bounded: results are ~1 MB each
@@ -108,6 +110,12 @@ def _results(paths: list[Path], settings: CacheSettings, workers: int) -> Iterat
                 job = next(queue, None)
                 if job is not None:
                     pending.add(pool.submit(prepare_job, job))
+    except BrokenProcessPool:
+        raise UserError("a decoding worker process died (out of memory, or a decoder crashed on "
+                        "a file); finished images are kept and a rerun resumes: rerun with "
+                        "--workers 1 to see which file it is") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an interrupted run stops promptly
 
 
 def run_prepare(dicom_dir: Path, out: Path, settings: CacheSettings, workers: int = 1,
@@ -122,10 +130,11 @@ def run_prepare(dicom_dir: Path, out: Path, settings: CacheSettings, workers: in
     writer = CacheWriter(out, settings)
     todo = [p for p in paths if image_id_from_path(p) not in writer.done]
     written = 0
+    results = _results(todo, settings, workers)  # a generator: nothing runs until iterated
     try:
         bar = tqdm(total=len(todo), unit="img", desc="prepare", file=sys.stderr,
                    disable=None, dynamic_ncols=True)
-        for name, prepared, reason in _results(todo, settings, workers):
+        for name, prepared, reason in results:
             if prepared is None:
                 failures.add(name, reason)
             else:
@@ -135,6 +144,7 @@ def run_prepare(dicom_dir: Path, out: Path, settings: CacheSettings, workers: in
             bar.update(1)
         bar.close()
     except BaseException:
+        results.close()  # stop the workers before the file is closed
         writer.close()  # keep the .partial for the rerun to resume
         raise
     writer.finish()
