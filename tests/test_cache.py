@@ -2,6 +2,8 @@
 
 import multiprocessing as mp
 import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -140,3 +142,30 @@ def test_settings_validation():
         CacheSettings(voi="gamma")
     with pytest.raises(UserError, match="--size"):
         CacheSettings(size=4)
+
+
+def test_partial_held_by_another_process_is_refused_not_deleted(tmp_path):
+    path = tmp_path / "c.h5"
+    _write(path, ["a"], finish=False)
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); "
+                               "print('open', flush=True); sys.stdin.read()", str(partial_path(path))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(UserError, match="another process"):
+            CacheWriter(path, S)
+        assert partial_path(path).exists()
+    finally:
+        holder.communicate("", timeout=30)
+    assert CacheWriter(path, S).done == {"a"}
+
+
+def test_killed_writer_keeps_its_images(tmp_path):
+    path = tmp_path / "c.h5"
+    code = ("import sys, os, numpy as np; from cxrdet.preprocess.cache import CacheWriter, CacheSettings; "
+            "w = CacheWriter(sys.argv[1], CacheSettings(size=32)); "
+            "[w.write(f'i{k}', np.full((32, 24), k, np.uint8), (64, 48)) for k in range(5)]; "
+            "os.kill(os.getpid(), 9)")  # SIGKILL: no cleanup at all
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60)
+    assert proc.returncode == -9 and partial_path(path).exists() and not path.exists()
+    assert CacheWriter(path, S).done == {f"i{k}" for k in range(5)}

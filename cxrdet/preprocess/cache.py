@@ -169,11 +169,13 @@ class CacheWriter:
     """Single-process writer to ``<path>.partial``; ``finish()`` marks it complete and renames.
 
     Opening resumes: an existing ``.partial`` with the same settings is continued (images it
-    holds are in ``done``); one HDF5 cannot open is replaced with a warning; a finished
-    ``<path>`` is reopened for additions (it stays complete until ``finish``).
+    holds are in ``done``); one HDF5 cannot open is replaced with a warning; one another
+    process holds (HDF5 file lock) is refused; a finished ``<path>`` is reopened for additions.
+    Flushing after every image (``flush_every=1``; no fsync, cheap next to a decode) keeps a
+    SIGKILLed run's partial file readable, so its images survive.
     """
 
-    def __init__(self, path: str | os.PathLike, settings: CacheSettings, flush_every: int = 32):
+    def __init__(self, path: str | os.PathLike, settings: CacheSettings, flush_every: int = 1):
         self.path, self.settings = Path(path), settings
         self.partial = partial_path(self.path)
         self.flush_every, self._since_flush = flush_every, 0
@@ -189,6 +191,9 @@ class CacheWriter:
         if self.partial.exists():
             try:
                 f = h5py.File(self.partial, "a")
+            except BlockingIOError:  # HDF5's file lock: not corrupt, in use
+                raise UserError(f"{self.partial} is being written by another process; wait for "
+                                "that `cxrdet prepare` to finish (or stop it) and rerun") from None
             except OSError as e:
                 warnings.warn(f"{self.partial} is corrupt ({e}); starting it again", stacklevel=3)
                 self.partial.unlink()
