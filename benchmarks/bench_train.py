@@ -84,7 +84,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def lightning_run(cfg: DetectorConfig, table, warmup: int, steps: int) -> float:
+def lightning_run(cfg: DetectorConfig, table, warmup: int, steps: int, refresh: int) -> float:
+    from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
     module = DetectorModule(cfg.to_dict())
@@ -93,7 +94,7 @@ def lightning_run(cfg: DetectorConfig, table, warmup: int, steps: int) -> float:
         accelerator=cfg.accelerator, devices=1, precision=cfg.precision, max_steps=warmup + steps,
         gradient_clip_val=cfg.grad_clip or None, use_distributed_sampler=False, logger=CSVLogger(cfg.out, name="bench"),
         enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
-        callbacks=[timer], log_every_n_steps=cfg.log_every_n_steps, enable_progress_bar=True,
+        callbacks=[timer, TQDMProgressBar(refresh_rate=refresh)], log_every_n_steps=cfg.log_every_n_steps, enable_progress_bar=True,
     )
     trainer.fit(module, datamodule=DetectorDataModule(cfg, table))
     return steps * cfg.batch_size / timer.seconds
@@ -147,6 +148,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--precision", default="32-true")
+    p.add_argument("--progress-refresh", type=int, default=1, help="progress bar refresh every N steps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     return p
 
@@ -160,7 +162,8 @@ def main(args: argparse.Namespace) -> int:
         paths = make_data(Path(tmp), args.images, args.size)
         cfg = DetectorConfig(**paths, out=tmp, model=args.model, min_size=args.size, max_size=args.size,
                              batch_size=args.batch_size, workers=args.workers, accelerator=args.accelerator,
-                             precision=args.precision, optimizer="sgd", warmup_steps=0, normal_fraction=-1.0)
+                             precision=args.precision, optimizer="sgd", warmup_steps=0, normal_fraction=-1.0,
+                             fusion="none")  # one reader per box: nothing to fuse
         table = load_table(cfg)
         # Same training images for both; the whole split trains (no validation in a throughput test).
         table = dataclasses.replace(table, train_ids=table.train_ids + table.val_ids)
@@ -169,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
             torch.manual_seed(r)
             plain.append(plain_run(cfg, table, args.warmup, args.steps, device))
             torch.manual_seed(r)
-            lightning.append(lightning_run(cfg, table, args.warmup, args.steps))
+            lightning.append(lightning_run(cfg, table, args.warmup, args.steps, args.progress_refresh))
     best_l, best_p = max(lightning), max(plain)
     print(f"device {device}, model {args.model}, {args.size} px, batch {args.batch_size}, precision "
           f"{args.precision}, {args.steps} timed steps x {args.repeats} runs (best counts)")
