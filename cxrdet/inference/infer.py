@@ -39,6 +39,7 @@ from cxrdet.inference.sources import (
     collate_samples,
     parse_shard,
     select_shard,
+    uncollate,
 )
 from cxrdet.inference.tta import TTA_CHOICES, FusionConfig, predict_fused
 
@@ -235,7 +236,7 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
     )
     out = Outputs()
     with torch.inference_mode(), tqdm(total=len(source), unit="img", desc="infer", file=sys.stderr) as bar:
-        for batch in loader:
+        for batch in map(uncollate, loader):
             good = [s for s in batch if s.error is None]
             for s in batch:
                 if s.error is not None:

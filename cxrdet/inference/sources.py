@@ -26,6 +26,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import Dataset
 
 from cxrdet.boxes import HW, resized_hw
@@ -43,8 +44,18 @@ class Sample(NamedTuple):
 
 
 def collate_samples(batch: list[Sample]) -> list[Sample]:
-    """DataLoader collate: images differ in size, so a batch stays a list of Samples."""
-    return list(batch)
+    """DataLoader collate: images differ in size, so a batch stays a list of Samples.
+
+    Images travel as torch tensors: from a worker process, tensors cross through shared memory,
+    numpy arrays through a pickled byte copy (about 1 ms per 1024 px image, which a GPU notices).
+    :func:`uncollate` turns them back into numpy arrays (zero-copy views).
+    """
+    return [s if s.image is None else s._replace(image=torch.from_numpy(s.image)) for s in batch]
+
+
+def uncollate(batch: list[Sample]) -> list[Sample]:
+    """The batch of :func:`collate_samples` with numpy images again."""
+    return [s if s.image is None else s._replace(image=s.image.numpy()) for s in batch]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -1,0 +1,200 @@
+"""``cxrdet demo``: the whole pipeline, from nothing, on synthetic data, in one folder.
+
+synth -> prepare (train, test) -> split -> train detector (light backbone, short CPU schedule)
+-> out-of-fold detections on the validation fold -> train gate (+ tuned thresholds) -> infer on
+the held-out test set (overlays, image-level CSV) -> evaluate, next to the all-normal baseline
+(every image ``14 1 0 0 1 1``). Every stage is the real command, called in-process through its
+own ``get_args_parser()`` and ``main(args)``, so the demo runs exactly what a user would type;
+``DIR/commands.txt`` lists those commands.
+
+Layout of ``--out`` (default data/demo)::
+
+    synth/            DICOMs + train.csv + test.csv          cache/   HDF5 caches + META CSVs
+    folds.csv         K-fold split                           detector/  training run (export/)
+    oof_fold0.csv     validation-fold detections             gate/    gate model + report
+    submission.csv    test-set submission                    image_level.csv, overlays/
+    eval/             metrics.json, per-class plots          baseline/  all-normal submission + metrics
+    summary.json      both mAPs, timings and paths
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cxrdet.cli import COMMANDS
+from cxrdet.errors import EXIT_OK, UserError
+
+MARKER = ".cxrdet-demo"  # marks a folder the demo made, so --overwrite never deletes anything else
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of one demo run, tuned to finish in about 8 minutes on 2 CPU cores."""
+
+    n_train: int = 200  # enough images for the light detector to learn the frequent classes
+    n_test: int = 60  # held-out images for the reported mAP
+    scale: float = 0.25  # synthetic originals ~600-850 px: realistic non-square sizes, cheap to decode
+    size: int = 256  # cache long side; the detector trains and infers at this size (lesions stay >= 3 px)
+    folds: int = 4  # fold 0 validates the detector and trains the gate (out-of-fold evidence)
+    steps: int = 200  # optimizer steps of the short CPU schedule (~1.6 s each on 2 cores)
+    batch_size: int = 4  # images per step
+    lr: float = 0.01  # SGD with warmup + cosine (detector defaults otherwise)
+    warmup_steps: int = 30  # about a tenth of the short schedule
+    val_share: float = 0.5  # validation (best-checkpoint choice) on half the fold: epochs are short here
+    tta: str = "hflip"  # flip TTA merged with WBF, as the 2nd-place solution did
+
+
+QUICK = DemoPlan(n_train=80, n_test=30, steps=60, warmup_steps=10)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Run the whole pipeline on synthetic data (synth -> prepare -> split -> train -> "
+        "gate -> infer -> evaluate) and compare with the all-normal baseline; everything goes under --out.",
+    )
+    p.add_argument("--out", default="data/demo", help="folder for everything the demo writes (default data/demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data, split and training")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run (a smoke test, lower mAP)")
+    p.add_argument("--steps", type=int, help="override the number of detector training steps")
+    p.add_argument("--workers", type=int, default=2, help="processes for preprocessing and data loading")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train and infer")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
+    return p
+
+
+class Runner:
+    """Runs cxrdet commands in-process, logging each as the shell command it equals."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.timings: dict[str, float] = {}
+        self.log = out / "commands.txt"
+
+    def __call__(self, step: str, command: str, argv: list[str], ok: tuple[int, ...] = (EXIT_OK,)) -> None:
+        line = "cxrdet " + " ".join(shlex.quote(a) for a in [command, *argv])
+        print(f"\n=== demo: {step}\n$ {line}", flush=True)
+        with open(self.log, "a") as f:
+            f.write(line + "\n")
+        module = importlib.import_module(COMMANDS[command][0])
+        parser = module.get_args_parser()
+        parser.prog = f"cxrdet {command}"
+        start = time.perf_counter()
+        code = int(module.main(parser.parse_args(argv)) or 0)
+        self.timings[step] = round(time.perf_counter() - start, 1)
+        if code not in ok:
+            raise UserError(f"demo step '{step}' failed with exit code {code}: {line}")
+        print(f"=== demo: {step} done in {self.timings[step]:.0f} s", flush=True)
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise UserError(f"--out {out} is not empty and was not made by `cxrdet demo`; choose an empty folder")
+        if not overwrite:
+            raise UserError(f"--out {out} holds an earlier demo run; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `cxrdet demo`; --overwrite may delete this folder\n")
+
+
+def fold_labels(labels_csv: Path, folds_csv: Path, fold: int, out_csv: Path) -> Path:
+    """The label rows of one fold's images (the gate trains on the detector's held-out fold)."""
+    folds = pd.read_csv(folds_csv, dtype={"image_id": str})
+    labels = pd.read_csv(labels_csv, dtype={"image_id": str}, keep_default_na=False)
+    held_out = set(folds.loc[folds["fold"] == fold, "image_id"])
+    labels[labels["image_id"].isin(held_out)].to_csv(out_csv, index=False)
+    return out_csv
+
+
+def write_all_normal(test_meta: Path, out_csv: Path) -> Path:
+    """The baseline: every test image predicted ``14 1 0 0 1 1``."""
+    from cxrdet.gate_rules import normal_detection
+    from cxrdet.submission import write_submission
+
+    ids = sorted(pd.read_csv(test_meta, dtype={"image_id": str})["image_id"])
+    return write_submission(out_csv, {i: normal_detection(1.0) for i in ids}, ids)
+
+
+def run_pipeline(args: argparse.Namespace, plan: DemoPlan, run: Runner) -> dict:
+    d = run.out
+    seed, workers = str(args.seed), str(args.workers)
+    run("synthetic data", "synth", ["--out", str(d / "synth"), "--n-train", str(plan.n_train),
+        "--n-test", str(plan.n_test), "--scale", str(plan.scale), "--seed", seed, "--workers", workers])
+    for split in ("train", "test"):
+        run(f"prepare {split}", "prepare", ["--dicom-dir", str(d / "synth" / split), "--out",
+            str(d / "cache" / f"{split}.h5"), "--meta-out", str(d / "cache" / f"{split}_meta.csv"),
+            "--size", str(plan.size), "--workers", workers])
+    labels, folds = d / "synth" / "train.csv", d / "folds.csv"
+    run("split", "split", ["--labels", str(labels), "--folds", str(plan.folds), "--seed", seed, "--out", str(folds)])
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[args.device]
+    run("train detector", "train", [
+        "--out", str(d / "detector"), "--cache", str(d / "cache" / "train.h5"), "--labels", str(labels),
+        "--folds", str(folds), "--fold", "0", "--model", "fasterrcnn_resnet18_fpn",
+        "--min-size", str(plan.size), "--max-size", str(plan.size), "--max-steps", str(args.steps or plan.steps),
+        "--batch-size", str(plan.batch_size), "--lr", str(plan.lr), "--warmup-steps", str(plan.warmup_steps),
+        "--limit-val-batches", str(plan.val_share), "--log-every-n-steps", "10", "--workers", workers, "--accelerator", accelerator, "--devices", "1", "--seed", seed])
+    model = str(d / "detector" / "export")
+    common = ["--model", model, "--workers", workers, "--device", args.device]
+    run("out-of-fold detections (fold 0)", "infer", [*common, "--cache", str(d / "cache" / "train.h5"),
+        "--folds", str(folds), "--fold", "0", "--out", str(d / "oof_fold0.csv")])
+    gate_labels = fold_labels(labels, folds, 0, d / "labels_fold0.csv")
+    run("train gate + tune thresholds", "train-gate", [
+        "--meta", str(d / "cache" / "train_meta.csv"), "--labels", str(gate_labels), "--out", str(d / "gate"),
+        "--detections", str(d / "oof_fold0.csv"), "--detector-run", str(d / "detector"), "--seed", seed])
+    run("infer on the held-out test set", "infer", [
+        *common, "--dicom-dir", str(d / "synth" / "test"), "--gate", str(d / "gate"), "--tta", plan.tta,
+        "--vis-dir", str(d / "overlays"), "--image-level-out", str(d / "image_level.csv"),
+        "--out", str(d / "submission.csv")])
+    gt = str(d / "synth" / "test.csv")
+    run("evaluate", "evaluate", ["--gt", gt, "--pred", str(d / "submission.csv"), "--json",
+        str(d / "eval" / "metrics.json"), "--plot-dir", str(d / "eval" / "plots"),
+        "--image-level", str(d / "image_level.csv")])
+    write_all_normal(d / "cache" / "test_meta.csv", d / "baseline" / "all_normal.csv")
+    run("evaluate the all-normal baseline", "evaluate", ["--gt", gt, "--pred", str(d / "baseline" / "all_normal.csv"),
+        "--json", str(d / "baseline" / "metrics.json")])
+    ours = json.loads((d / "eval" / "metrics.json").read_text())
+    base = json.loads((d / "baseline" / "metrics.json").read_text())
+    return {"map": ours["map"], "map_no14": ours["map_no14"], "baseline_map": base["map"],
+            "baseline_map_no14": base["map_no14"], "n_test_images": ours["n_images"]}
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    plan = QUICK if args.quick else DemoPlan()
+    prepare_out(out, args.overwrite)
+    run = Runner(out)
+    start = time.perf_counter()
+    scores = run_pipeline(args, plan, run)
+    total = time.perf_counter() - start
+    summary = {**scores, "seconds": round(total, 1), "timings_s": run.timings, "plan": asdict(plan),
+               "paths": {"submission": str(out / "submission.csv"), "overlays": str(out / "overlays"),
+                         "plots": str(out / "eval" / "plots"), "metrics": str(out / "eval" / "metrics.json"),
+                         "image_level": str(out / "image_level.csv"), "commands": str(run.log)}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(summary)
+    return EXIT_OK
+
+
+def print_summary(s: dict) -> None:
+    p = s["paths"]
+    print("\n=== demo: done in {:.0f} s".format(s["seconds"]))
+    print(f"mAP@0.4 on the synthetic test set ({s['n_test_images']} images):")
+    print(f"  cxrdet (detector + gate)      {s['map']:.4f}   without class 14: {s['map_no14']:.4f}")
+    print(f"  all-normal baseline           {s['baseline_map']:.4f}   without class 14: {s['baseline_map_no14']:.4f}")
+    print(f"submission:   {p['submission']}")
+    print(f"overlays:     {p['overlays']}/")
+    print(f"plots:        {p['plots']}/ (PR curves, AP per class)")
+    print(f"metrics:      {p['metrics']}")
+    print(f"image-level:  {p['image_level']}")
+    print(f"commands run: {p['commands']} (the same pipeline by hand)")
+    sys.stdout.flush()
