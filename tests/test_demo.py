@@ -1,0 +1,68 @@
+"""`cxrdet demo` plumbing: the output folder rules, the baseline and fold helpers, the step runner.
+(The pipeline the demo chains is exercised end to end by tests/test_e2e_infer.py.)"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cxrdet.cli import main as cli
+from cxrdet.demo import MARKER, QUICK, DemoPlan, Runner, fold_labels, prepare_out, write_all_normal
+from cxrdet.errors import UserError
+
+
+def test_out_folder_is_never_taken_over_unless_the_demo_made_it(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep")
+    with pytest.raises(UserError, match="not made by `cxrdet demo`"):
+        prepare_out(foreign, overwrite=True)
+    assert (foreign / "precious.txt").read_text() == "keep"
+
+    demo = tmp_path / "demo"
+    prepare_out(demo, overwrite=False)
+    assert (demo / MARKER).exists()
+    (demo / "old.csv").write_text("x")
+    with pytest.raises(UserError, match="--overwrite"):
+        prepare_out(demo, overwrite=False)
+    prepare_out(demo, overwrite=True)
+    assert not (demo / "old.csv").exists() and (demo / MARKER).exists()
+
+
+def test_all_normal_baseline_and_fold_labels(tmp_path):
+    pd.DataFrame({"image_id": ["b", "a"], "rows": [10, 20], "columns": [5, 6]}).to_csv(tmp_path / "meta.csv", index=False)
+    sub = write_all_normal(tmp_path / "meta.csv", tmp_path / "base" / "all_normal.csv")
+    assert sub.read_text().splitlines() == ["image_id,PredictionString", "a,14 1 0 0 1 1", "b,14 1 0 0 1 1"]
+
+    labels = tmp_path / "train.csv"
+    labels.write_text(
+        "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+        "a,No finding,14,R1,,,,\n"
+        "b,Cardiomegaly,3,R2,10,20,30,40\n"
+        "c,No finding,14,R3,,,,\n"
+    )
+    pd.DataFrame({"image_id": ["a", "b", "c"], "fold": [0, 0, 1]}).to_csv(tmp_path / "folds.csv", index=False)
+    out = pd.read_csv(fold_labels(labels, tmp_path / "folds.csv", 0, tmp_path / "f0.csv"), dtype={"image_id": str})
+    assert out["image_id"].tolist() == ["a", "b"]
+    assert out["x_min"].isna().tolist() == [True, False]  # empty coordinates stay empty, not 0
+
+
+def test_runner_logs_the_command_and_stops_on_a_failed_step(tmp_path, capsys):
+    run = Runner(tmp_path)
+    gt = tmp_path / "gt.csv"
+    gt.write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\na,No finding,14,R1,,,,\n")
+    pred = tmp_path / "pred.csv"
+    pred.write_text("image_id,PredictionString\na,14 1 0 0 1 1\n")
+    run("score", "evaluate", ["--gt", str(gt), "--pred", str(pred), "--json", str(tmp_path / "m.json")])
+    assert "score" in run.timings
+    assert (tmp_path / "commands.txt").read_text().startswith("cxrdet evaluate --gt ")
+    with pytest.raises(UserError):  # a missing prediction file stops the demo with a message
+        run("bad", "evaluate", ["--gt", str(gt), "--pred", str(tmp_path / "missing.csv")])
+
+
+def test_quick_plan_is_smaller_and_bad_usage_exits_2(tmp_path, capsys):
+    full = DemoPlan()
+    assert QUICK.n_train < full.n_train and QUICK.steps < full.steps
+    (tmp_path / "x.txt").write_text("not a demo folder")
+    assert cli(["demo", "--out", str(tmp_path)]) == 2
+    assert "not made by `cxrdet demo`" in capsys.readouterr().err
