@@ -120,6 +120,8 @@ def test_bad_inputs_exit_2_with_a_clear_message(data, tmp_path, capsys):
     folds.to_csv(tmp_path / "short_folds.csv", index=False)
     err = run(folds=tmp_path / "short_folds.csv")
     assert "no fold" in err and "img007" in err
+    pd.read_csv(data["folds"], dtype=str).assign(fold=0).to_csv(tmp_path / "one_fold.csv", index=False)
+    assert "0 training" in run(folds=tmp_path / "one_fold.csv")
     torch.save({"head.weight": torch.zeros(2)}, tmp_path / "w.pth")
     assert cli(cli_args(data, tmp_path / "run2", "--max-steps", "1", "--weights", str(tmp_path / "w.pth"))) == 2
     assert "does not fit" in capsys.readouterr().err

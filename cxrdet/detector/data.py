@@ -111,6 +111,11 @@ def load_table(cfg: DetectorConfig) -> TrainingTable:
     targets = _cache_targets(fused, order, sizes, cache_size)
     val_ids = [i for i in order if folds[i] == cfg.fold]
     train_ids = [i for i in order if folds[i] != cfg.fold]
+    if not train_ids or not val_ids:
+        raise UserError(
+            f"fold {cfg.fold} of {cfg.folds} leaves {len(train_ids)} training and {len(val_ids)} validation "
+            "images; both need at least one. Rerun `cxrdet split` with --folds >= 2 or pick another --fold."
+        )
     val_gt = fused[fused["image_id"].isin(set(val_ids))].reset_index(drop=True)
     return TrainingTable(targets, {i: sizes[i] for i in order}, train_ids, val_ids, val_gt, cache_size, cache_voi)
 
