@@ -18,6 +18,7 @@ image never stops a DataLoader worker; the command lists it in the errors CSV.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,7 +80,7 @@ def select_shard(ids: Sequence[str], index: int, count: int) -> list[str]:
     return sorted(ids)[index::count]
 
 
-class ImageSource(Dataset):
+class ImageSource(Dataset, ABC):
     """Common part: an ordered id list and error capture; subclasses implement ``load``."""
 
     def __init__(self, ids: Sequence[str], size: int, with_features: bool) -> None:
@@ -97,11 +98,12 @@ class ImageSource(Dataset):
         except Exception as e:  # one unreadable image must not stop the run; it gets listed
             # (settings are checked when the source is built, so what fails here is the image;
             # an exception escaping a DataLoader worker would also come back with a traceback)
-            reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            reason = getattr(e, "reason", None) or (str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
             return Sample(image_id, None, None, {}, {}, reason)
 
+    @abstractmethod
     def load(self, image_id: str) -> Sample:
-        raise TypeError(f"{type(self).__name__} must define load()")
+        """The Sample of one image; raises on an unreadable image."""
 
     def restrict(self, ids: Sequence[str]) -> "ImageSource":
         """Keep only ``ids`` (in the given order), e.g. one shard."""
