@@ -3,7 +3,8 @@
 Columns ``image_id,p_abnormal,p_0,...,p_13``. ``p_k`` is the highest score of class k among the
 image's detections after TTA/ensemble fusion and before the gate (0 when the class was not
 detected), so it is the detector's own multi-label classification. ``p_abnormal`` is the gate's
-P(abnormal); it is empty (NaN) when inference ran without a gate.
+P(abnormal); it is empty (NaN) when inference ran without a gate. Images that failed to read
+have no row (even with ``--on-error normal``: there is no evidence to report).
 """
 
 from __future__ import annotations

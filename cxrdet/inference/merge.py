@@ -7,8 +7,11 @@ Sharded inference, step by step::
     cxrdet merge-submissions --out submission.csv sub_*.csv \
         --image-level il_*.csv --image-level-out image_level.csv
 
-Shards are a deterministic split of the sorted image ids, so the merged file is identical to
-an unsharded run's. Rows are copied verbatim (no float re-formatting) and sorted by image_id.
+Shards are a deterministic split of the sorted image ids (every n-th id from i), so every
+image is predicted exactly once and the merged file equals an unsharded run's: byte for byte
+with ``--batch-size 1``; with larger batches an image's neighbours in its batch (zero padding to
+the largest image) can move a score or coordinate in the last printed digit. Rows are copied
+verbatim (no float re-formatting) and sorted by image_id.
 An image_id in two inputs, or a PredictionString that does not parse, stops the merge with the
 file and line; ``--expect N`` also checks that no shard is missing.
 """
