@@ -8,6 +8,7 @@ header is line 1); it never drops a row silently.
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -35,6 +36,26 @@ def _read_csv_as_text(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: not a readable CSV file ({e}); fix the file's format") from None
 
 
+def physical_lines(path: Path, n_rows: int) -> np.ndarray:
+    """The file line on which each data row of :func:`_read_csv_as_text` starts (header is row 0).
+
+    pandas skips blank and whitespace-only lines and a quoted field may span lines, so
+    ``row + 2`` is wrong as soon as either occurs; the csv module's ``line_num`` (the line a
+    record ENDS on) gives the truth. Called only when there is an error to report, so the fast
+    path pays nothing. Falls back to ``row + 2`` if the two parsers disagree on the row count.
+    """
+    starts = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        prev_end = 0
+        for rec in reader:
+            if len(rec) > 1 or (rec and rec[0].strip()):  # pandas drops blank records
+                starts.append(prev_end + 1)
+            prev_end = reader.line_num
+    lines = np.array(starts[1:], dtype=np.int64)  # starts[0] is the header
+    return lines if len(lines) == n_rows else np.arange(n_rows, dtype=np.int64) + 2
+
+
 def bad_rows_error(path: os.PathLike | str, problems: list[tuple[int, str]], fix: str) -> UserError:
     """One UserError listing ``(line, reason)`` problems sorted by line: the first few and the count."""
     problems = sorted(problems)
@@ -60,15 +81,15 @@ def _parse_class_ids(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _row_problems(df: pd.DataFrame, image_sizes: dict | None) -> list[tuple[int, str]]:
-    """Vectorized checks; returns ``(csv_line, reason)`` for every bad row."""
-    lines = np.arange(len(df)) + 2  # header is line 1
+    """Vectorized checks; returns ``(row index, reason)`` for every bad row (0 = first data row)."""
     problems: list[tuple[int, str]] = []
 
     def add(mask: np.ndarray, reason) -> None:
         for i in np.flatnonzero(mask):
-            problems.append((int(lines[i]), reason(i) if callable(reason) else reason))
+            problems.append((int(i), reason(i) if callable(reason) else reason))
 
-    add((df["image_id"].str.strip() == "").to_numpy(), "empty image_id")
+    ids = df["image_id"].str.strip()
+    add((ids == "").to_numpy(), "empty image_id")
     cid, cid_ok = _parse_class_ids(df["class_id"])
     add(~cid_ok, lambda i: f"class_id {df['class_id'].iat[i]!r} is not an integer in 0..14")
     names = df["class_name"].str.strip().to_numpy()
@@ -93,7 +114,7 @@ def _row_problems(df: pd.DataFrame, image_sizes: dict | None) -> list[tuple[int,
         add(good & (xy[:, 1] >= xy[:, 3]), lambda i: f"y_min {xy[i, 1]:g} >= y_max {xy[i, 3]:g}")
         add(good & (xy[:, :2] < 0).any(axis=1), lambda i: f"negative coordinate in {xy[i].tolist()}")
     if image_sizes:
-        hw = np.array([image_sizes.get(k, (np.inf, np.inf)) for k in df["image_id"]], dtype=np.float64)
+        hw = np.array([image_sizes.get(k, (np.inf, np.inf)) for k in ids], dtype=np.float64)
         hw = hw.reshape(-1, 2)
         outside = good & ((xy[:, 2] > hw[:, 1]) | (xy[:, 3] > hw[:, 0]))
         add(outside, lambda i: f"box {xy[i].tolist()} extends outside the image "
@@ -119,8 +140,9 @@ def read_labels(path: os.PathLike | str, image_sizes: dict[str, tuple[int, int]]
         raise UserError(f"{path}: the file has a header but no rows; expected one row per box per reader")
     problems = _row_problems(df, image_sizes)
     if problems:
+        lines = physical_lines(path, len(df))
         raise bad_rows_error(
-            path, problems,
+            path, [(int(lines[i]), reason) for i, reason in problems],
             "Fix these rows (DESIGN.md §3: one row per box per reader; 'No finding' rows have "
             "class_id 14 and empty coordinates), then rerun.",
         )
@@ -146,7 +168,8 @@ def image_sizes_from_meta(meta_csv_path: os.PathLike | str) -> dict[str, tuple[i
     cols = pd.to_numeric(df["columns"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~(np.isfinite(rows) & np.isfinite(cols) & (rows > 0) & (cols > 0))
     if bad.any():
-        problems = [(int(i) + 2, f"rows {df['rows'].iat[i]!r}, columns {df['columns'].iat[i]!r} "
+        lines = physical_lines(path, len(df))
+        problems = [(int(lines[i]), f"rows {df['rows'].iat[i]!r}, columns {df['columns'].iat[i]!r} "
                      "are not positive numbers") for i in np.flatnonzero(bad)]
         raise bad_rows_error(path, problems, "Regenerate META.csv with `cxrdet prepare`.")
     ids = df["image_id"].str.strip()

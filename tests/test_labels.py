@@ -104,3 +104,34 @@ def test_image_level_labels_and_boxes_by_image(tmp_path):
     assert len(boxes["a"]) == 0 and boxes["b"].class_ids.tolist() == [8, 3]
     with_normal = labels_by_image(df, include_no_finding=True)
     np.testing.assert_array_equal(with_normal["a"].boxes, [[0, 0, 1, 1], [0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("before, line", [
+    ("\n", 7),                          # one blank line: pandas skips it, the file does not
+    ("\n  \n\t\n", 9),                  # blank and whitespace-only lines
+    ('c,ILD,5,"R\n1",1,2,20,9\n', 8),  # a quoted field spanning two lines
+    ('\nc,ILD,5,"R\n\n1",1,2,20,9\n\n', 11),
+])
+def test_bad_row_after_blank_or_multiline_rows_names_its_physical_line(tmp_path, before, line):
+    path = write(tmp_path, GOOD + before + "c,ILD,5,R1,30,1,20,9\n")
+    msg = error_of(path)
+    assert f"{path}:{line}: x_min 30 >= x_max 20" in msg and "1 bad row(s)" in msg
+
+
+def test_blank_lines_before_header_and_in_meta_count(tmp_path):
+    path = write(tmp_path, GOOD + "c,ILD,5,R1,30,1,20,9\n", header="\n" + HEADER)
+    assert f"{path}:7: " in error_of(path)
+    meta = tmp_path / "META.csv"
+    meta.write_text("image_id,rows,columns\na,10,20\n\n\nb,,1024\n")
+    with pytest.raises(UserError, match=r"META.csv:5: "):
+        image_sizes_from_meta(meta)
+
+
+def test_good_file_with_blank_lines_reads_all_rows(tmp_path):
+    assert len(read_labels(write(tmp_path, "\n" + GOOD.replace("\n", "\n\n")))) == 4
+
+
+def test_image_size_lookup_strips_the_image_id(tmp_path):
+    path = write(tmp_path, GOOD.replace("b,Cardiomegaly", "b  ,Cardiomegaly"))
+    msg = error_of(path, image_sizes={"b": (350, 1000)})
+    assert f"{path}:5: " in msg and "outside the image (height 350, width 1000)" in msg
