@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -150,3 +151,83 @@ def test_read_names_the_bad_box_within_its_row(tmp_path):
     path.write_text("image_id,PredictionString\na,14 1 0 0 1 1\nb,3 0.5 1 2 3 4 3 0.5 5 2 3 4\n")
     with pytest.raises(UserError, match=r"bad.csv:3: box 2 \(3 0.5 5 2 3 4\): x_max 3 <= x_min 5"):
         read_submission(path)
+
+
+def reference_format(dets: Detections, decimals: int = 4) -> str:
+    """The per-value formatter the vectorized one replaced: the golden reference for its text."""
+    def fmt(x):
+        s = f"{x:.{decimals}f}"
+        if "." in s:
+            s = s.rstrip("0").rstrip(".")
+        return "0" if s in ("-0", "") else s
+
+    dets = dets.sorted()
+    parts = []
+    for c, p, box in zip(dets.class_ids.tolist(), dets.scores.tolist(), dets.boxes.tolist()):
+        coords = "0 0 1 1" if c == 14 else " ".join(fmt(v) for v in box)
+        parts.append(f"{c} {fmt(p)} {coords}")
+    return " ".join(parts)
+
+
+def random_detections(rng, n):
+    """Boxes with the awkward values: halves at the rounding step, -0, tiny, huge, ties, class 14."""
+    boxes = rng.uniform(-50, 3000, (n, 4)) * rng.choice([1, 1e-6, 1e9], (n, 4), p=[0.9, 0.05, 0.05])
+    awkward = np.array([0.00005, 1.23445, 2.5, 0.5, -0.00001, 1023.99996, 5.00004, 0.125, 1e-5, 0.0])
+    pick = rng.random((n, 4)) < 0.2
+    boxes[pick] = rng.choice(awkward, pick.sum())
+    scores = rng.choice(np.r_[rng.random(n), awkward[(awkward >= 0) & (awkward <= 1)], 1.0], n)
+    return Detections(boxes, scores, rng.integers(0, 15, n))
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 4, 8])
+def test_vectorized_format_matches_the_per_value_reference(decimals):
+    rng = np.random.default_rng(decimals)
+    for n in [1, 2, 7, 300]:
+        for _ in range(5):
+            d = random_detections(rng, n)
+            assert format_prediction_string(d, decimals) == reference_format(d, decimals)
+    assert "-" not in format_prediction_string(det([[-0.00001, 0, 1, 1]], [0.5], [0]))
+
+
+def test_writer_rounds_before_the_keep_test(tmp_path):
+    path = tmp_path / "s.csv"
+    preds = {"a": det([[1023.99996, 0, 1030, 10], [5, 0, 5.00004, 10], [5, 0, 5.00006, 10],
+                       [1, 2, 3, 4]], [0.9, 0.8, 0.7, 0.6], [0, 1, 2, 3])}
+    with pytest.warns(UserWarning, match="2 box"):
+        write_submission(path, preds, ["a"], {"a": (100, 1024)})
+    assert path.read_text().splitlines()[1] == "a,2 0.7 5 0 5.0001 10 3 0.6 1 2 3 4"
+    assert len(read_submission(path)) == 2
+
+
+def test_writer_checks_classes_and_boxes_without_sizes(tmp_path):
+    path = tmp_path / "s.csv"
+    with pytest.raises(ValueError, match=r"image 'a': class_id\(s\) \[27\]"):
+        write_submission(path, {"a": det([[1, 1, 5, 5]], [0.5], [27])}, ["a"])
+    with pytest.raises(ValueError, match=r"image 'a': confidences .* found \[nan\]"):
+        write_submission(path, {"a": det([[1, 1, 5, 5]], [np.nan], [0])}, ["a"])
+    assert not path.exists()
+    with pytest.warns(UserWarning, match="1 box"):  # inverted: dropped, not written unreadable
+        write_submission(path, {"a": det([[9, 1, 5, 5], [1, 1, 5, 5]], [0.5, 0.4], [0, 1])}, ["a"])
+    assert path.read_text().splitlines()[1] == "a,1 0.4 1 1 5 5"
+
+
+@pytest.mark.parametrize("with_sizes", [True, False])
+def test_write_then_read_always_roundtrips(tmp_path, with_sizes):
+    rng = np.random.default_rng(7)
+    ids = [f"img{i}" for i in range(40)]
+    sizes = {k: (int(rng.integers(1, 3000)), int(rng.integers(1, 3000))) for k in ids}
+    preds = {}
+    for k in ids[:-3]:  # the last three have no predictions: filled as normal
+        d = random_detections(rng, int(rng.integers(0, 60)))
+        thin = rng.random(len(d)) < 0.3  # boxes thinner than the rounding step, or inverted
+        d.boxes[thin, 2] = d.boxes[thin, 0] + rng.choice([4e-5, 6e-5, -1.0, 0.0], thin.sum())
+        preds[k] = d
+    path = tmp_path / "s.csv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        write_submission(path, preds, ids, sizes if with_sizes else None, missing="normal")
+    frame, read_ids = read_submission(path, with_ids=True)
+    assert read_ids == ids
+    if with_sizes:
+        w = frame.image_id.map(lambda k: sizes[k][1]).to_numpy()
+        assert (frame.x_max.to_numpy() <= w).all() and (frame.x_min >= 0).all()
