@@ -97,6 +97,10 @@ def _fmt(x: float, width: int = 7) -> str:
     return f"{'-':>{width}}" if x is None or math.isnan(x) else f"{x:{width}.4f}"
 
 
+def _classes(n: int) -> str:
+    return f"{n} class" if n == 1 else f"{n} classes"
+
+
 def format_table(result: MetricResult, auc: dict | None = None) -> str:
     """The terminal table: one row per class, then the means."""
     head = f"{'id':>2}  {'class':<20} {'n_gt':>6} {'n_det':>7} {'AP':>7}" + (f" {'AUC':>7}" if auc else "")
@@ -108,10 +112,14 @@ def format_table(result: MetricResult, auc: dict | None = None) -> str:
             row += " " + _fmt(auc["per_class"].get(c, math.nan) if c < NO_FINDING else auc["abnormal"])
         lines.append(row)
     lines.append("-" * len(head))
-    lines.append(f"mAP@{result.iou_thr:g} (15 classes with ground truth) {_fmt(result.map, 10)}")
-    lines.append(f"mAP@{result.iou_thr:g} without class 14              {_fmt(result.map_no14, 10)}")
+    # the means cover only classes with ground truth (DESIGN.md §5): say how many there were
+    n_all = sum(result.n_gt[c] > 0 for c in range(NUM_CLASSES))
+    n_find = sum(result.n_gt[c] > 0 for c in range(NO_FINDING))
+    lines.append(f"{f'mAP@{result.iou_thr:g} ({_classes(n_all)} with ground truth)':<40} {_fmt(result.map, 10)}")
+    lines.append(f"{f'mAP@{result.iou_thr:g} without class 14 ({_classes(n_find)})':<40} "
+                 f"{_fmt(result.map_no14, 10)}")
     if auc:
-        lines.append(f"image-level AUC, abnormal vs normal      {_fmt(auc['abnormal'], 10)}"
+        lines.append(f"{'image-level AUC, abnormal vs normal':<40} {_fmt(auc['abnormal'], 10)}"
                      f"   (row 14: p_abnormal; {auc['n_images']} images)")
     lines.append(f"{result.n_images} ground-truth images")
     return "\n".join(lines)

@@ -132,3 +132,16 @@ def test_evaluate_does_not_import_torch(files, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "RC 0 TORCH False" in out
+
+
+def test_table_names_the_real_number_of_classes_with_ground_truth(files, tmp_path, capsys):
+    assert run(files, tmp_path)[0] == 0
+    out = capsys.readouterr().out
+    # ground truth has classes 0, 3 and 14 only: the means are over 3 (and 2) classes, not 15
+    assert "mAP@0.4 (3 classes with ground truth)" in out and "15 classes" not in out
+    assert "mAP@0.4 without class 14 (2 classes)" in out
+    from cxrdet.evaluate import format_table
+    from cxrdet.metrics import summarize
+
+    one = format_table(summarize(np.ones(1, bool), np.array([14]), np.ones(1), np.array([14]), 1))
+    assert "(1 class with ground truth)" in one and "without class 14 (0 classes)" in one
