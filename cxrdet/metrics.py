@@ -5,7 +5,12 @@ Definition, per class:
 * Ground truth is used as given (one box per label row; fusing readers is the caller's explicit
   choice, see :mod:`cxrdet.fusion`). Class 14 ("No finding") gets ONE ground-truth box
   ``[0, 0, 1, 1]`` per image that has a class-14 row (three readers saying "No finding" is one
-  normal image, not three boxes).
+  normal image, not three boxes). This holds on a *mixed* image too, where one reader wrote
+  "No finding" and another marked a finding: it gets both the finding's box and the class-14
+  box, so a class-14 prediction there is a true positive and its absence a missed box. That is
+  DESIGN.md §5's "ground truth is used as given"; resolving such images is a choice made before
+  the metric (:func:`cxrdet.fusion.fuse_readers`, ``cxrdet evaluate --fuse-gt``: a fused image
+  keeps class 14 only when no finding box survives), never inside it.
 * Detections of all images are sorted by confidence, descending; ties keep their input order
   (a stable sort, as the VOC devkit's MATLAB ``sort``).
 * ``match="unmatched"`` (DESIGN.md, the default): each detection is matched to the *still

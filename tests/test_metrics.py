@@ -107,6 +107,20 @@ def test_class_14_one_box_per_normal_image_and_literal_iou():
     assert score(gt, [("n", 14, 0.9, 0, 0, 1000, 1000)]).per_class[14] == 0.0
 
 
+def test_mixed_image_keeps_both_its_finding_and_its_class_14_box():
+    # m: reader R1 said "No finding", R2 marked a finding. Labels are used as given (DESIGN.md
+    # §5), so m has a class-0 box AND a class-14 box; n is a plain normal image.
+    gt = [{"image_id": "m", "class_id": 14, "rad_id": "R1"}, {**gt_box("m", 0, BOX), "rad_id": "R2"},
+          {"image_id": "n", "class_id": 14, "rad_id": "R1"}]
+    both = [("m", 14, 0.8, 0, 0, 1, 1), ("m", 0, 0.7, *BOX), ("n", 14, 0.6, 0, 0, 1, 1)]
+    r = score(gt, both)
+    assert r.n_gt[14] == 2 and r.n_gt[0] == 1
+    assert r.per_class[14] == 1.0 and r.per_class[0] == 1.0 and r.map == 1.0
+    # no class-14 call on m: that box is missed (recall stops at 1/2), not ignored
+    r = score(gt, [d for d in both if d[:2] != ("m", 14)])
+    assert r.per_class[14] == pytest.approx(0.5) and r.map == pytest.approx(0.75)
+
+
 def test_unmatched_rule_versus_voc_rule():
     # Overlapping boxes of one class: the second detection's best box is taken.
     gt = [gt_box("a", 0, BOX), gt_box("a", 0, (2, 0, 12, 10))]
