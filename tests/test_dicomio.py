@@ -1,16 +1,23 @@
 """DICOM writer, metadata reader and pixel reader on tiny files made in tmp_path."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from dicom_fixtures import phantom, strip_transfer_syntax, write_bad_files
-from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
+from dicom_fixtures import (phantom, strip_transfer_syntax, write_bad_files, write_jpeg_lossless,
+                            write_malformed_lut_files)
+from pydicom.uid import (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                         JPEGLosslessSV1, JPEGLSLossless)
 
+import cxrdet.dicomio.read as read_mod
 from cxrdet.dicomio.meta import image_id_from_path, parse_age, read_metadata
 from cxrdet.dicomio.read import BadDicomError, read_dicom
 from cxrdet.dicomio.write import write_dicom
+
+# files shipped inside the pydicom wheel; taken from disk so nothing is ever downloaded
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
 @pytest.mark.parametrize("ts", ["explicit", "implicit", "jpeg2000", "rle"])
@@ -106,6 +113,63 @@ def test_every_bad_input_raises_a_one_line_reason(tmp_path):
         with pytest.raises(BadDicomError) as info:
             read_dicom(tmp_path / name)
         assert reason in str(info.value) and "\n" not in str(info.value), name
+
+
+def test_malformed_lut_tags_raise_a_one_line_reason(tmp_path):
+    for name, reason in write_malformed_lut_files(tmp_path).items():
+        with pytest.raises(BadDicomError) as info:
+            read_dicom(tmp_path / name)
+        assert reason in str(info.value) and "\n" not in str(info.value), name
+    # with the VOI LUT ignored, the same file's pixels are fine
+    assert read_dicom(tmp_path / "voi_lut_1value.dicom", voi="minmax")[1]["voi_applied"] == "minmax"
+
+
+def test_any_failure_applying_the_tags_is_a_bad_dicom_error(tmp_path, monkeypatch):
+    path = write_dicom(tmp_path / "w.dicom", phantom(), window_center=2000, window_width=3000)
+
+    def broken_window(*_args):
+        raise ZeroDivisionError("float division by zero")  # stands in for any pydicom quirk
+
+    monkeypatch.setattr(read_mod.intensity, "window", broken_window)
+    with pytest.raises(BadDicomError, match=r"presentation tags .* \(ZeroDivisionError: float"):
+        read_dicom(path)
+
+
+def _bundled(name):
+    path = PYDICOM_FILES / name
+    assert path.is_file(), f"{name} is not bundled with this pydicom"
+    return path
+
+
+@pytest.mark.parametrize("name,syntax", [("MR_small_jpeg_ls_lossless.dcm", JPEGLSLossless),
+                                         ("MR_small_RLE.dcm", "1.2.840.10008.1.2.5"),
+                                         ("MR_small_jp2klossless.dcm", "1.2.840.10008.1.2.4.90")])
+def test_bundled_lossless_files_read_exactly_like_their_uncompressed_twin(name, syntax):
+    twin, _ = read_dicom(_bundled("MR_small.dcm"))
+    image, meta = read_dicom(_bundled(name))
+    assert meta["transfer_syntax_uid"] == syntax and meta["voi_applied"] == "window"
+    assert image.shape == (64, 64) and 0 < float(image.std())
+    np.testing.assert_array_equal(image, twin)
+
+
+@pytest.mark.parametrize("bits", [12, 16])
+def test_jpeg_lossless_file_reads_exactly_like_its_uncompressed_twin(tmp_path, bits):
+    # pydicom bundles no greyscale JPEG lossless file; tests/dicom_fixtures encodes one
+    stored = phantom(64, 48, bits, seed=bits)
+    kw = dict(bits_stored=bits, photometric="MONOCHROME1", window_center=2000, window_width=3000)
+    twin, _ = read_dicom(write_dicom(tmp_path / "plain.dicom", stored, **kw))
+    image, meta = read_dicom(write_jpeg_lossless(tmp_path / "jll.dicom", stored, **kw))
+    assert meta["transfer_syntax_uid"] == JPEGLosslessSV1
+    np.testing.assert_array_equal(image, twin)
+
+
+def test_bundled_jpeg_lossless_file_decodes_but_is_refused_as_colour():
+    path = _bundled("SC_rgb_jpeg_gdcm.dcm")  # the only process-14 image pydicom ships
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    assert ds.pixel_array.shape == (100, 100, 3)  # the installed libjpeg plugin decodes it
+    with pytest.raises(BadDicomError, match="colour"):
+        read_dicom(path)
 
 
 def test_missing_transfer_syntax_is_inferred_for_pixels_but_reported_empty(tmp_path):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -51,20 +53,40 @@ def read_dicom(
     if voi not in intensity.VOI_CHOICES:
         raise ValueError(f"voi must be one of {intensity.VOI_CHOICES}, got {voi!r}")
     ds = _dcmread(path, stop_before_pixels=False)
-    meta = metadata_from_dataset(ds, image_id_from_path(path))  # before any tag is inferred
-    check_image(ds)
-    if reduce_to and _voi_source(ds, voi) == "minmax":
-        reduce_to = None  # min-max depends on every full-resolution pixel: decode in full
-    stored = decode_stored(ds, reduce_to)
-    image, applied = to_display(stored, ds, voi)
+    with _failing_as("malformed tags, the image cannot be interpreted"):
+        meta = metadata_from_dataset(ds, image_id_from_path(path))  # before any tag is inferred
+        check_image(ds)
+        if reduce_to and _voi_source(ds, voi) == "minmax":
+            reduce_to = None  # min-max depends on every full-resolution pixel: decode in full
+    with _failing_as("pixel data cannot be decoded"):
+        stored = decode_stored(ds, reduce_to)
+    with _failing_as("presentation tags (rescale, LUT, window) cannot be applied"):
+        image, applied = to_display(stored, ds, voi)
     meta["voi_applied"] = applied
     meta["decoded_hw"] = tuple(int(n) for n in stored.shape)
     return image, meta
 
 
+@contextmanager
+def _failing_as(what: str) -> Iterator[None]:
+    """Any exception inside becomes a ``BadDicomError`` naming ``what`` failed.
+
+    pydicom raises TypeError/IndexError/ValueError... on malformed tags; one such file must
+    fail alone, or every rerun of a large folder would stop at the same file.
+    """
+    try:
+        yield
+    except BadDicomError:
+        raise
+    except Exception as e:
+        raise BadDicomError(f"{what} ({type(e).__name__}: {e})") from None
+
+
 def open_image_dataset(path: str | os.PathLike) -> Dataset:
     """Read a file and check it holds one greyscale frame; BadDicomError otherwise."""
-    return check_image(_dcmread(path, stop_before_pixels=False))
+    ds = _dcmread(path, stop_before_pixels=False)
+    with _failing_as("malformed tags, the image cannot be interpreted"):
+        return check_image(ds)
 
 
 def check_image(ds: Dataset) -> Dataset:
@@ -158,6 +180,7 @@ def decode_stored(ds: Dataset, reduce_to: int | None = None) -> np.ndarray:
 def to_display(stored: np.ndarray, ds: Dataset, voi: str = "auto") -> tuple[np.ndarray, str]:
     """Modality LUT, VOI and inversion -> ``([0, 1] float32 image, name of the VOI used)``."""
     if "ModalityLUTSequence" in ds:
+        _lut_entries(ds.ModalityLUTSequence[0], "Modality LUT Sequence")  # pydicom indexes blindly
         values = apply_modality_lut(stored, ds).astype(np.float32)
     else:
         slope = _float(ds.get("RescaleSlope"), 1.0)
@@ -198,15 +221,33 @@ def _lut_table(ds: Dataset) -> tuple[np.ndarray, int] | None:
     item = seq[0]
     if "LUTDescriptor" not in item or "LUTData" not in item:
         return None
-    n_entries, first_mapped = int(item.LUTDescriptor[0]), int(item.LUTDescriptor[1])
+    table, first_mapped = _lut_entries(item, "VOI LUT Sequence")
     if first_mapped >= 32768 and int(ds.get("PixelRepresentation", 0) or 0) == 1:
         first_mapped -= 65536  # US-encoded descriptor of a signed image (PS3.3 C.11.2.1.1)
-    data = item.LUTData
-    table = np.frombuffer(data, dtype="<u2") if isinstance(data, bytes) else np.atleast_1d(np.asarray(data))
-    if table.size < 2:
-        return None
-    n_entries = n_entries or 65536
-    return table[: min(n_entries, table.size)], first_mapped
+    return (table, first_mapped) if table.size >= 2 else None
+
+
+def _lut_entries(item: Dataset, where: str) -> tuple[np.ndarray, int]:
+    """``(table cut to the descriptor's entry count, first mapped value)`` of a LUT item.
+
+    BadDicomError unless LUTDescriptor has its 3 values and LUTData holds at least that many
+    entries (a short table would be indexed past its end).
+    """
+    raw = item.get("LUTDescriptor")
+    desc = [] if raw is None else [raw] if isinstance(raw, (int, float)) else list(raw)
+    if len(desc) != 3:
+        raise BadDicomError(f"{where} has a LUTDescriptor of {len(desc)} value(s); expected 3 "
+                            "(number of entries, first stored value mapped, bits per entry)")
+    n_entries, first_mapped = int(desc[0]) or 65536, int(desc[1])  # 0 entries means 65536
+    data = item.get("LUTData")
+    if isinstance(data, bytes):
+        table = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2")
+    else:
+        table = np.atleast_1d(np.asarray([] if data is None else data))
+    if table.size < n_entries:
+        raise BadDicomError(f"{where} LUTData has {table.size} entries but its LUTDescriptor "
+                            f"says {n_entries}; the lookup table is truncated")
+    return table[:n_entries], first_mapped
 
 
 def _apply_window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:

@@ -61,7 +61,11 @@ def prepare_job(job: tuple[os.PathLike, CacheSettings]) -> tuple[str, PreparedIm
     """Worker entry: ``(file name, PreparedImage or None, reason)``; lives here, not in the
     command module, so spawned workers import only the pipeline (no pandas)."""
     path, settings = job
+    name = os.path.basename(path)
     try:
-        return os.path.basename(path), preprocess_file(path, settings), ""
+        return name, preprocess_file(path, settings), ""
     except BadDicomError as e:
-        return os.path.basename(path), None, e.reason
+        return name, None, e.reason
+    except Exception as e:  # noqa: BLE001 - a bug on one odd file must not stop a 15k-file run
+        # (every rerun would hit the same file); KeyboardInterrupt/SystemExit still propagate
+        return name, None, f"unexpected error while preparing this file ({type(e).__name__}: {e})"
