@@ -140,8 +140,42 @@ def test_reader_reopens_in_forked_and_pickled_processes(tmp_path):
 def test_settings_validation():
     with pytest.raises(UserError, match="--voi"):
         CacheSettings(voi="gamma")
-    with pytest.raises(UserError, match="--size"):
-        CacheSettings(size=4)
+    for size in (4, 15, 8193, 100_000):
+        with pytest.raises(UserError, match=f"--size must be between 16 and 8192 pixels.*got {size}"):
+            CacheSettings(size=size)
+    assert CacheSettings(size=16).size == 16 and CacheSettings(size=8192).size == 8192
+
+
+def test_resume_refuses_another_j2k_decode_mode(tmp_path):
+    exact = CacheSettings(size=32, j2k_reduce=False)
+    for finish in (False, True):  # an interrupted .partial, then a finished cache
+        path = tmp_path / f"c{finish}.h5"
+        _write(path, ["a"], finish=finish)  # made with the default reduced decode
+        with pytest.raises(UserError, match=r"'j2k_reduce': True.*'j2k_reduce': False.*"
+                                            r"`--size 32 --voi auto`.*--exact-j2k"):
+            CacheWriter(path, exact)
+        assert path.exists() == finish and partial_path(path).exists() != finish  # not renamed
+    with h5py.File(tmp_path / "cTrue.h5", "r") as f:
+        assert bool(f.attrs["j2k_reduce"]) is True  # recorded in the root attrs
+    assert CacheReader(tmp_path / "cTrue.h5").settings.build_identity() == \
+        {"size": 32, "voi": "auto", "j2k_reduce": True}
+
+
+def test_finished_cache_open_elsewhere_is_refused_and_keeps_its_name(tmp_path):
+    path = tmp_path / "c.h5"
+    _write(path, ["a"])
+    before = path.read_bytes()
+    reader = subprocess.Popen([sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'r'); "
+                               "print('open', flush=True); sys.stdin.read()", str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"  # e.g. a training run reading it
+        with pytest.raises(UserError, match="open in another process"):
+            CacheWriter(path, S)
+        assert path.read_bytes() == before and not partial_path(path).exists()
+    finally:
+        reader.communicate("", timeout=30)
+    assert CacheWriter(path, S).done == {"a"} and not path.exists()  # free again: reopened
 
 
 def test_partial_held_by_another_process_is_refused_not_deleted(tmp_path):

@@ -1,18 +1,22 @@
 """``cxrdet prepare`` / ``merge-cache`` end to end on tiny DICOM folders."""
 
 import csv
+import hashlib
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from dicom_fixtures import write_bad_files, write_good_set
+from dicom_fixtures import phantom, write_bad_files, write_good_set, write_malformed_lut_files
 
 import cxrdet.preprocess.pipeline as pipeline_mod
 import cxrdet.preprocess.prepare as prepare_mod
 from cxrdet.boxes import resized_hw
 from cxrdet.cli import main
 from cxrdet.dicomio.meta import META_COLUMNS
+from cxrdet.dicomio.write import write_dicom
 from cxrdet.errors import FailureLog, UserError
 from cxrdet.preprocess.cache import CacheReader, CacheSettings, CacheWriter, partial_path
 from cxrdet.preprocess.prepare import parse_shard, run_prepare
@@ -29,6 +33,10 @@ def _prepare(src, out_dir, *extra):
     out_dir.mkdir(parents=True, exist_ok=True)
     return main(["prepare", "--dicom-dir", str(src), "--out", str(out_dir / "c.h5"),
                  "--meta-out", str(out_dir / "meta.csv"), "--size", "32", *extra])
+
+
+def _errors(path):
+    return {row["item"]: row["reason"] for row in csv.DictReader(open(path))}
 
 
 def _images(path):
@@ -62,6 +70,99 @@ def test_bad_files_are_listed_good_ones_written_exit_3(tmp_path, dicom_dir, caps
     assert _prepare(src, tmp_path / "p", "--workers", "1") == 3
     one, two = _images(tmp_path / "p" / "c.h5"), _images(tmp_path / "o" / "c.h5")
     assert one.keys() == two.keys() and all(np.array_equal(one[k][0], two[k][0]) for k in one)
+
+
+def test_malformed_tags_and_unexpected_errors_fail_their_file_only(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    write_good_set(src)
+    bad = write_malformed_lut_files(src)  # these raised TypeError / IndexError and killed runs
+    real = pipeline_mod.preprocess_file
+
+    def bug_on_one_file(path, settings):
+        if path.name == "m2_12_cr.dicom":
+            raise RuntimeError("some decoder bug")  # not a BadDicomError: still only this file
+        return real(path, settings)
+
+    monkeypatch.setattr(pipeline_mod, "preprocess_file", bug_on_one_file)
+    assert _prepare(src, tmp_path / "o", "--workers", "1") == 3
+    errors = _errors(tmp_path / "o" / "c_errors.csv")
+    assert set(errors) == {*bad, "m2_12_cr.dicom"}
+    assert all(reason in errors[name] for name, reason in bad.items())
+    assert "unexpected error" in errors["m2_12_cr.dicom"] and "RuntimeError" in errors["m2_12_cr.dicom"]
+    assert len(CacheReader(tmp_path / "o" / "c.h5")) == 5  # every good image written
+
+
+def _fingerprint(path):
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _hold_open(path):
+    """A process reading the cache, as training does; returns once the file is open."""
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'r'); "
+                               "print('open', flush=True); sys.stdin.read()", str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    return holder
+
+
+def test_rerun_keeps_a_finished_cache_untouched_until_a_new_image_decodes(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "o" / "c.h5"
+    write_good_set(src)
+    write_bad_files(src / "tmp")
+    (src / "tmp" / "truncated.dicom").rename(src / "truncated.dicom")
+    assert _prepare(src, out.parent, "--workers", "1") == 3
+    before = _fingerprint(out)
+    holder = _hold_open(out)
+    try:
+        # only the bad file is "missing" from the cache: retried, listed, cache not reopened
+        assert _prepare(src, out.parent, "--workers", "1") == 3
+        assert _fingerprint(out) == before and not partial_path(out).exists()
+        assert set(_errors(out.parent / "c_errors.csv")) == {"truncated.dicom"}
+        # a new good image needs the cache reopened: refused while it is open elsewhere
+        write_dicom(src / "new.dicom", phantom(seed=9))
+        capsys.readouterr()
+        assert _prepare(src, out.parent, "--workers", "1") == 2
+        assert "open in another process" in capsys.readouterr().err
+        assert _fingerprint(out) == before and not partial_path(out).exists()
+    finally:
+        holder.communicate("", timeout=30)
+    assert _prepare(src, out.parent, "--workers", "1") == 3
+    assert "new" in CacheReader(out) and len(CacheReader(out)) == 7
+
+
+@pytest.mark.parametrize("flag,target,message", [
+    ("--meta-out", "folder", "--meta-out {p} is a folder"),
+    ("--errors-out", "folder", "--errors-out {p} is a folder"),
+    ("--out", "under_file", "is a file, not a folder"),
+])
+def test_bad_output_paths_stop_before_any_decoding(tmp_path, dicom_dir, monkeypatch, capsys,
+                                                   flag, target, message):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("a regular file")
+    path = tmp_path / "folder" if target == "folder" else tmp_path / "plain" / "c.h5"
+    decoded = []
+    monkeypatch.setattr(pipeline_mod, "preprocess_file", lambda *a: decoded.append(a))
+    args = {"--out": tmp_path / "c.h5", "--meta-out": tmp_path / "meta.csv", flag: path}
+    argv = ["prepare", "--dicom-dir", str(dicom_dir), "--workers", "1", "--size", "32"]
+    code = main(argv + [str(x) for kv in args.items() for x in kv])
+    err = capsys.readouterr().err
+    assert code == 2 and message.format(p=path) in err and "Traceback" not in err
+    assert decoded == [] and not (tmp_path / "c.h5").exists() and not partial_path(tmp_path / "c.h5").exists()
+
+
+def test_merge_checks_its_output_paths_before_copying(tmp_path, capsys):
+    shard = tmp_path / "s.h5"
+    w = CacheWriter(shard, CacheSettings(size=32))
+    w.write("x", np.full((32, 32), 1, np.uint8), (100, 100))
+    w.finish()
+    (tmp_path / "meta").mkdir()
+    assert main(["merge-cache", "--out", str(tmp_path / "m.h5"), "--meta-out", str(tmp_path / "meta"),
+                 str(shard)]) == 2
+    assert "--meta-out" in capsys.readouterr().err and not (tmp_path / "m.h5").exists()
+    assert main(["merge-cache", "--out", str(tmp_path / "m.h5"), "--meta-out", str(tmp_path / "m.csv"),
+                 "--features-out", str(tmp_path / "m.csv"), str(shard)]) == 2
+    assert "both point at" in capsys.readouterr().err
 
 
 def test_clean_run_exits_0_with_empty_errors_csv(tmp_path, dicom_dir):
@@ -100,6 +201,12 @@ def test_rerun_with_other_settings_is_refused(tmp_path, dicom_dir, capsys):
     assert _prepare(dicom_dir, tmp_path, "--workers", "1", "--voi", "minmax") == 2
     assert "'voi': 'minmax'" in capsys.readouterr().err
     assert CacheReader(tmp_path / "c.h5").settings.voi == "auto"  # untouched
+    # reduced and exact JPEG 2000 decodes never mix in one cache
+    assert _prepare(dicom_dir, tmp_path, "--workers", "1", "--exact-j2k") == 2
+    err = capsys.readouterr().err
+    assert "'j2k_reduce': True" in err and "'j2k_reduce': False" in err
+    assert "`--size 32 --voi auto`" in err and "Traceback" not in err
+    assert CacheReader(tmp_path / "c.h5").settings.j2k_reduce is True
 
 
 def test_shards_merged_equal_the_unsharded_cache(tmp_path, dicom_dir):
@@ -129,6 +236,13 @@ def test_merge_refuses_mixed_settings_and_conflicting_duplicates(tmp_path, dicom
         w.finish()
     assert main(["merge-cache", "--out", str(tmp_path / "m.h5"), str(a), str(b)]) == 2
     assert "cannot merge" in capsys.readouterr().err
+    exact = tmp_path / "exact.h5"
+    w = CacheWriter(exact, CacheSettings(size=32, j2k_reduce=False))
+    w.write("y", np.full((32, 32), 3, np.uint8), (100, 100))
+    w.finish()
+    assert main(["merge-cache", "--out", str(tmp_path / "m.h5"), str(a), str(exact)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot merge" in err and "'j2k_reduce': False" in err and "--exact-j2k" in err
     c = tmp_path / "c.h5"
     w = CacheWriter(c, CacheSettings(size=32))
     w.write("x", np.full((32, 32), 9, np.uint8), (100, 100))

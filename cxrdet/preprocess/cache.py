@@ -30,26 +30,41 @@ FORMAT_VERSION = 1
 PARTIAL_SUFFIX = ".partial"
 
 
+MIN_SIZE, MAX_SIZE = 16, 8192  # below 16 px nothing is visible; VinBigData originals ~3k px
+
+
 @dataclass(frozen=True)
 class CacheSettings:
-    """How cached pixels are made; a cache is reused only with equal ``size`` and ``voi``."""
+    """How cached pixels are made. A cache is read only with equal ``size`` and ``voi``, and
+    resumed or merged only when ``j2k_reduce`` matches too."""
 
     size: int = 1024  # long side in px: top VinBigData solutions trained at 512-1024
     voi: str = "auto"  # VOI LUT > window > min-max: what a radiologist's viewer shows
     j2k_reduce: bool = True  # JPEG 2000 decoded at the coarsest level >= size (tested tolerance)
 
     def __post_init__(self) -> None:
-        if int(self.size) < 16:
-            raise UserError(f"--size must be at least 16 pixels, got {self.size}")
+        if not MIN_SIZE <= int(self.size) <= MAX_SIZE:
+            raise UserError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels (the long "
+                            f"side of cached images; VinBigData models use 512-1024), got {self.size}")
         if self.voi not in VOI_CHOICES:
             raise UserError(f"--voi must be one of {', '.join(VOI_CHOICES)}, got {self.voi!r}")
 
     def identity(self) -> dict[str, Any]:
-        """The settings that change cached pixels beyond a small tolerance."""
+        """What a consumer of the cache relies on (JPEG 2000 decode mode is within tolerance)."""
         return {"size": int(self.size), "voi": str(self.voi)}
+
+    def build_identity(self) -> dict[str, Any]:
+        """``identity`` plus the JPEG 2000 decode mode: one cache never mixes reduced and exact
+        decodes, so resuming or merging compares this."""
+        return {**self.identity(), "j2k_reduce": bool(self.j2k_reduce)}
+
+    def flags(self) -> str:
+        """The ``cxrdet prepare`` flags that make these settings."""
+        return f"--size {self.size} --voi {self.voi}" + ("" if self.j2k_reduce else " --exact-j2k")
 
     @classmethod
     def from_attrs(cls, attrs: Any) -> "CacheSettings":
+        # caches from before reduced decoding existed lack the attr: they were decoded exactly
         return cls(size=int(attrs["size"]), voi=str(attrs["voi"]),
                    j2k_reduce=bool(attrs.get("j2k_reduce", False)))
 
@@ -69,14 +84,26 @@ def _check_format(f: h5py.File, path: Path) -> CacheSettings:
     return CacheSettings.from_attrs(f.attrs)
 
 
-def check_settings(path: Path, found: CacheSettings, expect: CacheSettings | None) -> None:
-    """UserError when a cache was made with other settings than ``expect``."""
-    if expect is not None and found.identity() != expect.identity():
-        raise UserError(
-            f"{path} was made with settings {found.identity()} but {expect.identity()} were "
-            f"asked for; rerun `cxrdet prepare` with --size {expect.size} --voi {expect.voi} "
-            "into a new file, or ask for the cache's settings"
-        )
+def check_settings(path: Path, found: CacheSettings, expect: CacheSettings | None,
+                   build: bool = False) -> None:
+    """UserError when a cache was made with other settings than ``expect``.
+
+    ``build=True`` (resuming or merging) also compares the JPEG 2000 decode mode.
+    """
+    if expect is None:
+        return
+    have, want = (found.build_identity(), expect.build_identity()) if build else \
+        (found.identity(), expect.identity())
+    if have == want:
+        return
+    if build:
+        fix = (f"to add to it, rerun with the cache's own flags `{found.flags()}`; for "
+               f"`{expect.flags()}` write a new --out (j2k_reduce=False is --exact-j2k: reduced "
+               "and exact JPEG 2000 decodes never mix in one cache)")
+    else:
+        fix = (f"rerun `cxrdet prepare` with --size {expect.size} --voi {expect.voi} into a new "
+               "file, or ask for the cache's settings")
+    raise UserError(f"{path} was made with settings {have} but {want} were asked for; {fix}")
 
 
 class CacheReader:
@@ -170,7 +197,9 @@ class CacheWriter:
 
     Opening resumes: an existing ``.partial`` with the same settings is continued (images it
     holds are in ``done``); one HDF5 cannot open is replaced with a warning; one another
-    process holds (HDF5 file lock) is refused; a finished ``<path>`` is reopened for additions.
+    process holds (HDF5 file lock) is refused; a finished ``<path>`` is reopened for additions
+    (refused, and left in place, while another process has it open). Settings, including the
+    JPEG 2000 decode mode, must match the file's.
     Flushing after every image (``flush_every=1``; no fsync, cheap next to a decode) keeps a
     SIGKILLed run's partial file readable, so its images survive.
     """
@@ -185,31 +214,60 @@ class CacheWriter:
 
     def _open(self) -> h5py.File:
         if self.path.exists() and not self.partial.exists():
-            with h5py.File(self.path, "r") as f:
-                check_settings(self.path, _check_format(f, self.path), self.settings)
-            os.replace(self.path, self.partial)  # reopen for additions; no longer "complete"
+            return self._reopen_finished()
         if self.partial.exists():
-            try:
-                f = h5py.File(self.partial, "a")
-            except BlockingIOError:  # HDF5's file lock: not corrupt, in use
-                raise UserError(f"{self.partial} is being written by another process; wait for "
-                                "that `cxrdet prepare` to finish (or stop it) and rerun") from None
-            except OSError as e:
-                warnings.warn(f"{self.partial} is corrupt ({e}); starting it again", stacklevel=3)
-                self.partial.unlink()
-            else:
-                try:
-                    check_settings(self.partial, _check_format(f, self.partial), self.settings)
-                except UserError:
-                    f.close()
-                    raise
-                _drop_unfinished(f)
-                f.attrs["complete"] = False
+            f = self._resume_partial()
+            if f is not None:
                 return f
         f = h5py.File(self.partial, "w")
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
                         **asdict(self.settings)})
         f.create_group("images")
+        return f
+
+    def _reopen_finished(self) -> h5py.File:
+        """Open a finished cache for additions, renamed to ``.partial`` (no longer complete).
+
+        HDF5's exclusive lock is taken BEFORE the rename: a cache that another process has
+        open (training reading it) is refused and keeps its name.
+        """
+        try:
+            f = h5py.File(self.path, "a")
+        except BlockingIOError:
+            raise UserError(f"{self.path} is open in another process (a training or inference "
+                            "run reading it, or another prepare); the finished cache was left "
+                            "as it is: rerun when that process has finished") from None
+        except OSError as e:
+            raise UserError(f"{self.path} is not a readable HDF5 file ({e}); delete it and "
+                            "rerun `cxrdet prepare`") from None
+        try:
+            check_settings(self.path, _check_format(f, self.path), self.settings, build=True)
+        except UserError:
+            f.close()
+            raise
+        os.replace(self.path, self.partial)  # the open handle (and its lock) follows the file
+        f.attrs["complete"] = False
+        f.flush()
+        return f
+
+    def _resume_partial(self) -> h5py.File | None:
+        """The ``.partial`` file opened to continue, or None (deleted) when HDF5 cannot read it."""
+        try:
+            f = h5py.File(self.partial, "a")
+        except BlockingIOError:  # HDF5's file lock: not corrupt, in use
+            raise UserError(f"{self.partial} is being written by another process; wait for "
+                            "that `cxrdet prepare` to finish (or stop it) and rerun") from None
+        except OSError as e:
+            warnings.warn(f"{self.partial} is corrupt ({e}); starting it again", stacklevel=4)
+            self.partial.unlink()
+            return None
+        try:
+            check_settings(self.partial, _check_format(f, self.partial), self.settings, build=True)
+        except UserError:
+            f.close()
+            raise
+        _drop_unfinished(f)
+        f.attrs["complete"] = False
         return f
 
     def write(self, image_id: str, image: np.ndarray, orig_hw: tuple[int, int],

@@ -2,9 +2,10 @@
 
 Shards made with ``cxrdet prepare --shard i/n`` on several machines are merged by copying
 their image datasets (pixels and attrs) into one new cache, written atomically. Mixed settings
-are refused; an image id present in several shards must have identical pixels. The merged
-META.csv / feature CSV are rebuilt from the per-image rows stored in the caches, which is the
-same as concatenating the shards' CSVs and sorting by image_id.
+(size, windowing, JPEG 2000 decode mode) are refused; an image id present in several shards
+must have identical pixels. The merged META.csv / feature CSV are rebuilt from the per-image
+rows stored in the caches, which is the same as concatenating the shards' CSVs and sorting by
+image_id.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import numpy as np
 
 from cxrdet.errors import UserError
 from cxrdet.preprocess.cache import CacheReader, CacheWriter, partial_path
+from cxrdet.preprocess.outputs import check_output_files
 from cxrdet.preprocess.tables import write_tables
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Combine shard caches from `cxrdet prepare --shard i/n` into one cache. "
-        "All shards must have the same --size/--voi; an image in several shards must be "
-        "identical. Pass --meta-out to write the merged metadata/feature CSVs.")
+        "All shards must have the same --size/--voi/--exact-j2k; an image in several shards "
+        "must be identical. Pass --meta-out to write the merged metadata/feature CSVs.")
     p.add_argument("shards", nargs="+", type=Path, help="shard caches (.h5) to combine")
     p.add_argument("--out", required=True, type=Path, help="merged cache to write")
     p.add_argument("--meta-out", type=Path, default=None,
@@ -44,10 +46,11 @@ def merge_caches(shards: list[Path], out: Path) -> int:
     readers = [CacheReader(s) for s in shards]
     first = readers[0]
     for r in readers[1:]:
-        if r.settings.identity() != first.settings.identity():
-            raise UserError(f"cannot merge {r.path} (settings {r.settings.identity()}) with "
-                            f"{first.path} (settings {first.settings.identity()}); remake the "
-                            "shards with the same --size and --voi")
+        if r.settings.build_identity() != first.settings.build_identity():
+            raise UserError(f"cannot merge {r.path} (settings {r.settings.build_identity()}) with "
+                            f"{first.path} (settings {first.settings.build_identity()}); remake "
+                            f"the shards with the same flags, e.g. `{first.settings.flags()}` "
+                            "(j2k_reduce=False is --exact-j2k)")
     writer = CacheWriter(out, first.settings)
     origin: dict[str, CacheReader] = {}
     try:
@@ -75,10 +78,13 @@ def _check_same(image_id: str, a: CacheReader, b: CacheReader) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    features_out = args.features_out
+    if args.meta_out is not None and features_out is None:
+        features_out = args.meta_out.with_name(f"{args.meta_out.stem}_pixel_features.csv")
+    check_output_files({"--out": args.out, "--meta-out": args.meta_out,
+                        "--features-out": features_out})  # before any copying
     n = merge_caches(list(args.shards), args.out)
     if args.meta_out is not None:
-        features_out = args.features_out or args.meta_out.with_name(
-            f"{args.meta_out.stem}_pixel_features.csv")
         with CacheReader(args.out) as cache:
             write_tables(cache, args.meta_out, features_out)
     print(f"merge-cache: {n} images from {len(args.shards)} shard(s) in {args.out}", file=sys.stderr)

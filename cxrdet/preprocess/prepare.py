@@ -22,7 +22,9 @@ from tqdm import tqdm
 from cxrdet.dicomio.intensity import VOI_CHOICES
 from cxrdet.dicomio.meta import DICOM_SUFFIXES, image_id_from_path
 from cxrdet.errors import FailureLog, UserError
-from cxrdet.preprocess.cache import CacheReader, CacheSettings, CacheWriter, partial_path
+from cxrdet.preprocess.cache import (CacheReader, CacheSettings, CacheWriter, check_settings,
+                                     partial_path)
+from cxrdet.preprocess.outputs import check_output_files
 from cxrdet.preprocess.pipeline import init_worker, prepare_job
 from cxrdet.preprocess.tables import write_tables
 
@@ -50,9 +52,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-out", type=Path, default=None,
                    help="pixel-feature CSV (default: <meta stem>_pixel_features.csv beside META)")
     p.add_argument("--exact-j2k", action="store_true",
-                   help="always decode JPEG 2000 at full resolution (default: decode at the "
-                   "coarsest wavelet level still >= 1.4 x --size, ~3.5x faster, mean difference "
-                   "about 1 grey level; min-max windowed files are always decoded in full)")
+                   help="always decode JPEG 2000 at full resolution: a lossless file then "
+                   "caches exactly like its uncompressed twin, at ~3.5x the decode time. "
+                   "Default: decode at the coarsest wavelet level still >= 1.4 x --size, faster "
+                   "but about 1 grey level off on average (tested maxima ~20 at sharp edges); "
+                   "min-max windowed files are always decoded in full. A cache keeps its mode: "
+                   "resuming or merging with the other one is refused")
     return p
 
 
@@ -120,15 +125,17 @@ def _results(paths: list[Path], settings: CacheSettings, workers: int) -> Iterat
 
 def run_prepare(dicom_dir: Path, out: Path, settings: CacheSettings, workers: int = 1,
                 shard: tuple[int, int] = (0, 1), failures: FailureLog | None = None) -> int:
-    """Fill ``out`` with the shard's images; return how many were newly written."""
+    """Fill ``out`` with the shard's images; return how many were newly written.
+
+    A finished ``out`` is reopened only when a new image has decoded: files that fail (and are
+    retried on every rerun) never rename it, so a training run reading it is never disturbed.
+    """
     failures = FailureLog() if failures is None else failures
     paths = list_dicoms(dicom_dir, shard, failures)
-    if out.exists() and not partial_path(out).exists():
-        with CacheReader(out, expect=settings) as finished:  # refuses other settings
-            if all(image_id_from_path(p) in finished for p in paths):
-                return 0  # nothing new: leave the finished cache untouched
-    writer = CacheWriter(out, settings)
-    todo = [p for p in paths if image_id_from_path(p) not in writer.done]
+    finished = _finished_ids(out, settings)
+    writer = CacheWriter(out, settings) if finished is None else None  # resume or start now
+    done = finished if writer is None else writer.done
+    todo = [p for p in paths if image_id_from_path(p) not in done]
     written = 0
     results = _results(todo, settings, workers)  # a generator: nothing runs until iterated
     try:
@@ -138,6 +145,8 @@ def run_prepare(dicom_dir: Path, out: Path, settings: CacheSettings, workers: in
             if prepared is None:
                 failures.add(name, reason)
             else:
+                if writer is None:
+                    writer = CacheWriter(out, settings)  # first new image: reopen only now
                 writer.write(prepared.image_id, prepared.image, prepared.orig_hw,
                              prepared.meta, prepared.features)
                 written += 1
@@ -145,10 +154,22 @@ def run_prepare(dicom_dir: Path, out: Path, settings: CacheSettings, workers: in
         bar.close()
     except BaseException:
         results.close()  # stop the workers before the file is closed
-        writer.close()  # keep the .partial for the rerun to resume
+        if writer is not None:
+            writer.close()  # keep the .partial for the rerun to resume
         raise
-    writer.finish()
+    if writer is not None:
+        writer.finish()
     return written
+
+
+def _finished_ids(out: Path, settings: CacheSettings) -> set[str] | None:
+    """Image ids of a finished cache at ``out`` (None when there is none to keep untouched);
+    UserError when it was made with other settings, JPEG 2000 decode mode included."""
+    if not out.exists() or partial_path(out).exists():
+        return None
+    with CacheReader(out) as finished:
+        check_settings(out, finished.settings, settings, build=True)
+        return set(finished.ids)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -157,6 +178,8 @@ def main(args: argparse.Namespace) -> int:
     errors_out = args.errors_out or args.out.with_name(f"{args.out.stem}_errors.csv")
     features_out = args.features_out or args.meta_out.with_name(
         f"{args.meta_out.stem}_pixel_features.csv")
+    check_output_files({"--out": args.out, "--meta-out": args.meta_out,
+                        "--errors-out": errors_out, "--features-out": features_out})
     failures = FailureLog()
     written = run_prepare(args.dicom_dir, args.out, settings, args.workers, shard, failures)
     with CacheReader(args.out, expect=settings) as cache:
