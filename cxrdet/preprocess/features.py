@@ -34,7 +34,8 @@ def pixel_features(image: np.ndarray) -> dict[str, float]:
 
 def _distribution(small: np.ndarray, x: np.ndarray) -> dict[str, float]:
     out = {f"px_p{p:02d}": v for p, v in zip(PERCENTILES, np.percentile(x, PERCENTILES))}
-    mean, std = float(x.mean()), float(x.std())
+    # a flat image has std 0 exactly; float32 rounding would give ~6e-8 and a spurious skew
+    mean, std = float(x.mean()), 0.0 if small.min() == small.max() else float(x.std())
     z = (x - mean) / std if std > 0 else np.zeros_like(x)
     hist = np.bincount(small.ravel(), minlength=256).astype(np.float64)
     prob = hist[hist > 0] / hist.sum()
