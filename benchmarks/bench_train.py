@@ -100,6 +100,17 @@ def lightning_run(cfg: DetectorConfig, table, warmup: int, steps: int, refresh: 
     return steps * cfg.batch_size / timer.seconds
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype Lightning's MixedPrecision autocasts to for ``precision`` on ``device`` (None: no autocast).
+
+    Lightning autocasts on CPU too (bf16), and turns 16-mixed on CPU into bf16-mixed (no fp16 AMP
+    on CPU); the baseline must do the same, or the ratio compares different arithmetic.
+    """
+    if precision not in ("16-mixed", "bf16-mixed"):
+        return None
+    return torch.float16 if precision == "16-mixed" and device.type != "cpu" else torch.bfloat16
+
+
 def plain_run(cfg: DetectorConfig, table, warmup: int, steps: int, device: torch.device) -> float:
     module = DetectorModule(cfg.to_dict())  # same construction, used as a plain nn.Module
     model = module.model.to(device).train()
@@ -107,9 +118,10 @@ def plain_run(cfg: DetectorConfig, table, warmup: int, steps: int, device: torch
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw" else \
         torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    amp = cfg.precision in ("16-mixed", "bf16-mixed") and device.type == "cuda"
-    dtype = torch.float16 if cfg.precision == "16-mixed" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
+    dtype = autocast_dtype(cfg.precision, device)
+    amp = dtype is not None
+    # Only fp16 needs loss scaling, as in Lightning (bf16 has fp32's exponent range).
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loader = DetectorDataModule(cfg, table).train_dataloader()
     done, start = 0, None
     while done < warmup + steps:
@@ -119,7 +131,7 @@ def plain_run(cfg: DetectorConfig, table, warmup: int, steps: int, device: torch
                 start = time.perf_counter()
             images = [to_model_input(im.to(device, non_blocking=True)) for im in images]
             targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-            with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=amp):
                 loss = sum(model(images, targets).values())
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
