@@ -2,9 +2,10 @@
 
 Validation scores the WHOLE validation fold once per epoch with the competition metric
 (:func:`cxrdet.metrics.evaluate_detections`, mAP@0.4): each rank keeps its images' detections by
-image id, they are gathered from every rank (``all_gather_object``), DistributedSampler padding
-duplicates collapse by image id, rank 0 computes the score once and broadcasts it, so every rank
-logs the same number. Never an average of per-rank scores.
+image id, they are gathered on rank 0 (``gather_object``: only rank 0 needs the whole fold),
+DistributedSampler padding duplicates collapse by image id (the first copy is kept), rank 0
+computes the score once and broadcasts only the scores, so every rank logs the same number.
+Never an average of per-rank scores.
 
 Boxes are scored in ORIGINAL DICOM pixels against the fused validation labels. Class 14
 ("No finding") is added to every image with the box (0, 0, 1, 1) and score
@@ -53,7 +54,12 @@ def _finite(x: float) -> float:
 
 
 class DetectorModule(pl.LightningModule):
-    def __init__(self, config: dict, load_weights: bool = True):
+    def __init__(self, config: dict, load_weights: bool = False):
+        """``load_weights``: read ``config``'s --weights/--backbone-weights files (a fresh run only).
+
+        Off by default and not saved in the hyperparameters, so ``load_from_checkpoint`` takes
+        every weight from the checkpoint and never needs the original weight files again.
+        """
         super().__init__()
         # Plain types only: checkpoints stay loadable with weights_only=True.
         self.save_hyperparameters({"config": dict(config)})
@@ -91,16 +97,22 @@ class DetectorModule(pl.LightningModule):
             orig = det.boxes if len(det) == 0 else scale_boxes(det.boxes, tuple(im.shape[-2:]), tuple(t["orig_hw"].tolist()))
             self._val_preds[t["image_id"]] = (orig.astype(np.float64), det.scores, det.class_ids)
 
-    def gathered_predictions(self) -> dict[str, Detections]:
-        """This epoch's validation detections of every rank, one entry per image id."""
+    def gathered_predictions(self) -> dict[str, Detections] | None:
+        """This epoch's validation detections of every rank, one entry per image id, on rank 0.
+
+        None on the other ranks: they only need the score, which rank 0 broadcasts.
+        """
         parts = [self._val_preds]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, self._val_preds)
+            parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+            dist.gather_object(self._val_preds, parts, dst=0)
+            if parts is None:
+                return None
         merged: dict[str, Detections] = {}
         for part in parts:
             for image_id, (boxes, scores, class_ids) in part.items():
-                merged[image_id] = Detections(boxes, scores, class_ids)  # padding repeats overwrite equals
+                # Padding repeats sit on later ranks than their originals: keep the original.
+                merged.setdefault(image_id, Detections(boxes, scores, class_ids))
         return merged
 
     def on_validation_epoch_end(self) -> None:
@@ -108,9 +120,7 @@ class DetectorModule(pl.LightningModule):
             self._val_preds = {}
             return  # a few sanity batches are not the fold; the metric is for the whole fold only
         merged = self.gathered_predictions()
-        result = None
-        if self.trainer.is_global_zero:
-            result = self.score(merged)
+        result = self.score(merged) if merged is not None else None
         result = self.trainer.strategy.broadcast(result, src=0)
         self._val_preds = {}
         self.log("val_map", result["map"], rank_zero_only=False, prog_bar=True)
