@@ -1,9 +1,12 @@
 """Detector pieces without training: transforms, sampler, schedule, config, model building,
-weight loading, predict and the export artifact."""
+weight loading, predict, the export artifact, and the training command's decisions (resume,
+settings locked on resume, SyncBatchNorm)."""
 
 from __future__ import annotations
 
 import json
+import os
+import types
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from cxrdet.detector.export import load_detector, write_artifact
 from cxrdet.detector.model import build_detector, load_pretrained, read_state_dict
 from cxrdet.detector.module import warmup_cosine, with_no_finding
 from cxrdet.detector.predict import predict
+from cxrdet.detector.resume import find_checkpoint
+from cxrdet.detector.train import apply_sync_batchnorm, get_args_parser, resolve_config, sync_batchnorm_decision
 from cxrdet.detector.transforms import AugmentSettings, augment, color_lut, crop, hflip, to_model_input
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
@@ -212,3 +217,78 @@ def test_predict_and_artifact_round_trip(tmp_path):
     assert np.allclose(batch[1].scores, dets[0].scores, atol=1e-6)
     with pytest.raises(UserError, match="model.pt"):
         load_detector(tmp_path)
+
+
+# ---------------------------------------------------------------- training command decisions
+V2 = "fasterrcnn_resnet50_fpn_v2"
+
+
+def test_sync_batchnorm_only_with_several_cuda_processes():
+    v2 = DetectorConfig(model=V2)
+    on, why = sync_batchnorm_decision(v2, on_cuda=False, world_size=2)  # CPU DDP: torch would raise
+    assert not on and "CUDA" in why
+    on, why = sync_batchnorm_decision(v2, on_cuda=True, world_size=1)
+    assert not on and "single process" in why
+    assert sync_batchnorm_decision(v2, on_cuda=True, world_size=16)[0]
+    assert sync_batchnorm_decision(DetectorConfig(), on_cuda=True, world_size=8) == (False, "")
+    assert sync_batchnorm_decision(DetectorConfig(sync_batchnorm=True), on_cuda=True, world_size=2)[0]
+    assert not sync_batchnorm_decision(DetectorConfig(sync_batchnorm=True), on_cuda=False, world_size=2)[0]
+
+
+def test_apply_sync_batchnorm_converts_in_place_on_cuda_only():
+    from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3))
+    v2 = DetectorConfig(model=V2)
+    apply_sync_batchnorm(types.SimpleNamespace(accelerator=CPUAccelerator(), world_size=2), net, v2)
+    assert type(net[1]) is torch.nn.BatchNorm2d
+    apply_sync_batchnorm(types.SimpleNamespace(accelerator=CUDAAccelerator(), world_size=2), net, v2)
+    assert isinstance(net[1], torch.nn.SyncBatchNorm)
+
+
+def _run_folder(tmp_path, **cfg) -> tuple:
+    """A run folder with config.json and a (placeholder) last.ckpt, as resolve_config sees it."""
+    run = tmp_path / "run"
+    DetectorConfig(cache=str(tmp_path / "c.h5"), labels="train.csv", folds="folds.csv", **cfg).save(run / "config.json")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints/last.ckpt").write_bytes(b"x")
+    return run, ["--out", str(run)]
+
+
+def parse(*argv) -> object:
+    return get_args_parser().parse_args([str(a) for a in argv])
+
+
+def test_resume_modes_pick_the_checkpoint_or_start_fresh(tmp_path):
+    data = ["--cache", "c.h5", "--labels", "l.csv", "--folds", "f.csv"]
+    empty = tmp_path / "empty"
+    assert resolve_config(parse("--out", empty, "--resume", "auto", *data))[1] is None  # fresh
+    with pytest.raises(UserError, match="last.ckpt does not exist"):
+        resolve_config(parse("--out", empty, "--resume", *data))
+    run, out = _run_folder(tmp_path, fold=2)
+    cfg, ckpt = resolve_config(parse(*out, "--resume", "auto"))
+    assert ckpt == run / "checkpoints/last.ckpt" and cfg.fold == 2  # config.json is the base
+    assert resolve_config(parse(*out, "--resume"))[1] == ckpt
+    with pytest.raises(UserError, match="already holds a run"):
+        resolve_config(parse(*out, *data))
+    hpc = run / "hpc_ckpt_1.ckpt"  # Lightning's SLURM checkpoint, newer than last.ckpt
+    hpc.write_bytes(b"x")
+    os.utime(ckpt, (1, 1))
+    assert find_checkpoint(run) == hpc
+
+
+def test_resume_refuses_validation_and_architecture_changes(tmp_path, monkeypatch):
+    run, out = _run_folder(tmp_path, fold=0, fusion="wbf")
+    with pytest.raises(UserError) as e:
+        resolve_config(parse(*out, "--resume", "auto", "--fold", 1))
+    msg = str(e.value)
+    assert "--fold" in msg and "has 0" in msg and "gives 1" in msg and "config.json" in msg and "new --out" in msg
+    for flag, value in [("--fusion", "nms"), ("--folds", "other.csv"), ("--labels", "other.csv"),
+                        ("--cache", "other.h5"), ("--limit-val-batches", 0.5), ("--model", V2)]:
+        with pytest.raises(UserError, match=flag):
+            resolve_config(parse(*out, "--resume", flag, value))
+    # Same values (a path spelled absolute instead of relative) and training-length flags pass.
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = resolve_config(parse(*out, "--resume", "--fold", 0, "--labels", tmp_path / "train.csv",
+                                  "--cache", tmp_path / "c.h5", "--epochs", 30, "--lr", 0.01))
+    assert cfg.epochs == 30 and cfg.lr == 0.01 and cfg.fold == 0

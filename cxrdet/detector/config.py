@@ -20,6 +20,11 @@ OPTIMIZERS = ("sgd", "adamw")
 FUSIONS = ("wbf", "nms", "consensus", "none")
 # Fields that fix the network's shape: a resumed run or an exported artifact must keep them.
 ARCHITECTURE_FIELDS = ("model", "weights", "backbone_weights", "trainable_layers", "anchor_sizes", "aspect_ratios")
+# Fields that define what validation scores (images, ground truth, input scale, kept detections):
+# a resumed run keeps them, or "best" would compare val_map across different validations.
+VALIDATION_FIELDS = ("cache", "labels", "folds", "fold", "fusion", "fusion_iou", "min_size", "max_size",
+                     "score_thresh", "nms_thresh", "detections_per_img", "image_mean", "image_std",
+                     "limit_val_batches")
 
 
 @dataclass
@@ -84,7 +89,7 @@ class DetectorConfig:
     num_nodes: int = 1  # more under torchrun/SLURM
     strategy: str = "auto"  # Lightning picks DDP for several devices
     precision: str = "32-true"  # safe everywhere; use 16-mixed / bf16-mixed on GPUs
-    sync_batchnorm: bool = False  # forced on for the v2 model under DDP (its heads use BatchNorm)
+    sync_batchnorm: bool = False  # on by itself for v2 (BatchNorm heads) with >1 CUDA process; CPU cannot sync BN
     seed: int = 42  # same seed, same sampling and augmentations
     limit_train_batches: float = 1.0  # fraction (<=1) or count (>1) of batches; 1.0 = all
     limit_val_batches: float = 1.0  # the metric needs the whole fold: keep 1.0 for real runs

@@ -5,12 +5,15 @@ Run folder (``--out RUN_DIR``)::
     config.json                 the full resolved DetectorConfig
     checkpoints/best.ckpt       best validation mAP@0.4
     checkpoints/last.ckpt       end of the latest epoch (what --resume continues from)
+    hpc_ckpt_N.ckpt             Lightning's SLURM checkpoint before a requeue (also resumable)
     logs/version_N/metrics.csv  CSVLogger
     tb/version_N/               TensorBoard
     export/model.pt + config.json   inference artifact from best.ckpt (see detector.export)
 
 Every flag defaults to the DetectorConfig value; with ``--resume`` the run's config.json is the
-base and only flags given explicitly change it (architecture flags may not change).
+base and only flags given explicitly change it (architecture and validation flags may not change;
+see detector.resume). ``--resume auto`` starts fresh in an empty run folder: SLURM requeues rerun
+the same command.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from cxrdet.detector.config import ARCHITECTURE_FIELDS, FUSIONS, MODELS, OPTIMIZERS, DetectorConfig
+from cxrdet.detector.config import FUSIONS, MODELS, OPTIMIZERS, DetectorConfig
+from cxrdet.detector.resume import CKPT_DIR, LAST, RESUME_ALWAYS, RESUME_AUTO, check_unchanged, resume_from
 from cxrdet.errors import UserError
 
 CONFIG_FILE = "config.json"
-CKPT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 MONITOR = "val_map"
 
@@ -95,28 +98,56 @@ def get_args_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=typ, nargs=nargs, default=None, choices=CHOICES.get(flag),
                        metavar=_metavar(flag, typ), help=f"{text} (default: {default!r})")
     p.add_argument("--sync-batchnorm", action="store_true", default=None,
-                   help="SyncBatchNorm across devices (always on for the v2 model)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue RUN_DIR from checkpoints/last.ckpt (same global step and optimizer state)")
+                   help="SyncBatchNorm across CUDA devices (on by itself for the v2 model; off on CPU)")
+    p.add_argument("--resume", nargs="?", const=RESUME_ALWAYS, default=None, choices=(RESUME_AUTO, RESUME_ALWAYS),
+                   metavar=RESUME_AUTO,
+                   help="continue RUN_DIR from checkpoints/last.ckpt (same global step and optimizer state); "
+                        "'--resume auto' continues if RUN_DIR holds a run and starts fresh otherwise "
+                        "(for SLURM requeue scripts)")
     return p
 
 
-def resolve_config(args: argparse.Namespace) -> DetectorConfig:
-    """Defaults <- RUN_DIR/config.json (with --resume) <- flags given explicitly."""
+def resolve_config(args: argparse.Namespace) -> tuple[DetectorConfig, Path | None]:
+    """Defaults <- RUN_DIR/config.json (when resuming) <- flags given explicitly; and the checkpoint to resume."""
     out = Path(args.out)
-    base = DetectorConfig.load(out / CONFIG_FILE) if args.resume else DetectorConfig()
+    ckpt = resume_from(out, args.resume)
+    base = DetectorConfig.load(out / CONFIG_FILE) if ckpt else DetectorConfig()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DetectorConfig)
              if getattr(args, f.name, None) is not None and f.name != "out"}
-    if args.resume:
-        changed = [k for k in ARCHITECTURE_FIELDS if k in given and given[k] != getattr(base, k)]
-        if changed:
-            raise UserError(f"--resume cannot change {changed} of {out / CONFIG_FILE}; start a new --out instead")
+    if ckpt:
+        check_unchanged(base, given, out / CONFIG_FILE, ckpt)
     cfg = dataclasses.replace(base, **given, out=str(out))
     for name in ("cache", "labels", "folds"):
         if not getattr(cfg, name):
             raise UserError(f"--{name} is required (or --resume a run whose config.json names it)")
     cfg.check("command line")
-    return cfg
+    return cfg, ckpt
+
+
+def sync_batchnorm_decision(cfg: DetectorConfig, on_cuda: bool, world_size: int) -> tuple[bool, str]:
+    """Whether to train with SyncBatchNorm, and the run-log line that says why (empty: nothing to say)."""
+    if not (cfg.sync_batchnorm or cfg.model.endswith("_v2")):
+        return False, ""
+    if not on_cuda:
+        # torch's SyncBatchNorm raises on CPU tensors in training; plain BN keeps CPU DDP runs alive.
+        return False, ("SyncBatchNorm off: torch syncs BatchNorm on CUDA devices only; "
+                       "each CPU process normalises its own batch")
+    if world_size < 2:
+        return False, "SyncBatchNorm off: a single process has nothing to sync"
+    return True, f"SyncBatchNorm on: BatchNorm statistics are synced across {world_size} CUDA processes"
+
+
+def apply_sync_batchnorm(trainer, module, cfg: DetectorConfig) -> None:
+    """Convert BatchNorm to SyncBatchNorm in place when the resolved trainer calls for it."""
+    import torch
+    from pytorch_lightning.accelerators import CUDAAccelerator
+    from pytorch_lightning.utilities import rank_zero_info
+
+    on, message = sync_batchnorm_decision(cfg, isinstance(trainer.accelerator, CUDAAccelerator), trainer.world_size)
+    if message:
+        rank_zero_info(message)
+    if on:  # what Trainer(sync_batchnorm=True) does, decided after the accelerator is resolved
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 def _devices(value: str):
@@ -150,7 +181,7 @@ def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
         accelerator=cfg.accelerator, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=cfg.precision, max_epochs=cfg.epochs, max_steps=cfg.max_steps,
         gradient_clip_val=cfg.grad_clip or None, gradient_clip_algorithm="norm",
-        sync_batchnorm=cfg.sync_batchnorm or cfg.model.endswith("_v2"),
+        default_root_dir=out,  # Lightning's SLURM hpc_ckpt_N.ckpt lands in the run folder, not the cwd
         use_distributed_sampler=False,  # our EpochSampler and val DistributedSampler shard themselves
         callbacks=[checkpoint],
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")],
@@ -161,19 +192,16 @@ def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
 
 def main(args: argparse.Namespace) -> int:
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities import rank_zero_info
 
     from cxrdet.detector.data import DetectorDataModule, load_table
     from cxrdet.detector.export import export_checkpoint
     from cxrdet.detector.module import DetectorModule
 
-    cfg = resolve_config(args)
+    cfg, resume = resolve_config(args)
     out = Path(cfg.out)
     ckpt_dir = out / CKPT_DIR
-    last = ckpt_dir / "last.ckpt"
-    if args.resume and not last.is_file():
-        raise UserError(f"--resume: {last} does not exist; nothing to continue (train without --resume first)")
-    if not args.resume and last.is_file():
-        raise UserError(f"{out} already holds a run ({last}); pass --resume to continue it or choose a new --out")
+    last = ckpt_dir / LAST
     table = load_table(cfg)  # every input checked before any process group or GPU is touched
     cfg = dataclasses.replace(cfg, cache_size=table.cache_size, cache_voi=table.cache_voi)
 
@@ -181,9 +209,12 @@ def main(args: argparse.Namespace) -> int:
     trainer = build_trainer(cfg, ckpt_dir)
     if trainer.is_global_zero:
         cfg.save(out / CONFIG_FILE)
-    module = DetectorModule(cfg.to_dict(), load_weights=not args.resume)
+    # Fresh runs read --weights once; resumed runs (and load_from_checkpoint) take them from the checkpoint.
+    module = DetectorModule(cfg.to_dict(), load_weights=resume is None)
+    apply_sync_batchnorm(trainer, module, cfg)
     datamodule = DetectorDataModule(cfg, table)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if args.resume else None, weights_only=True)
+    rank_zero_info(f"resuming {out} from {resume}" if resume else f"starting a fresh run in {out}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
 
     # A run stopped by --max-steps mid-epoch has newer weights than the epoch-end last.ckpt.
     trainer.save_checkpoint(last, weights_only=False)
