@@ -26,6 +26,26 @@ class UserError(Exception):
     exit_code = EXIT_USAGE
 
 
+class InputFailure(Exception):
+    """One input cannot be processed while the run goes on; the message is the listed reason."""
+
+
+def failure_reason(e: BaseException) -> str:
+    """The one-line reason a FailureLog lists for ``e``.
+
+    Our own messages (UserError, InputFailure, or a ``reason`` attribute) are shown as written;
+    anything else keeps its type name, which is often the only clue to what broke. A KeyError's
+    ``str`` is the repr of its key (quotes and escapes), so its argument is used instead.
+    """
+    reason = getattr(e, "reason", None)
+    if reason:
+        return str(reason)
+    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, (UserError, InputFailure)):
+        return message
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
 @dataclass
 class FailureLog:
     """Inputs that failed (``item`` = file or image id) with a one-line reason each."""

@@ -176,17 +176,21 @@ def test_png_source_resizes_to_the_cache_size_of_the_original(tmp_path):
     cv2.imwrite(str(png_dir / "nosize.png"), np.zeros((8, 8), np.uint8))
     (png_dir / "broken.png").write_bytes(b"not a png")
     sizes = tmp_path / "sizes.csv"
-    pd.DataFrame({"image_id": ["tall", "broken"], "dim0": [2000, 900], "dim1": [1000, 800]}).to_csv(sizes, index=False)
+    (png_dir / "broken_unsized.png").write_bytes(b"not a png either")
+    pd.DataFrame({"image_id": ["tall", "broken", "ghost"], "dim0": [2000, 900, 700],
+                  "dim1": [1000, 800, 600]}).to_csv(sizes, index=False)
     src = PngFolderSource(png_dir, sizes, size=128, with_features=False)
-    assert src.ids == ["broken", "nosize", "tall"]
+    assert src.ids == ["broken", "broken_unsized", "ghost", "nosize", "tall"]  # PNGs and size rows
     by_id = {s.image_id: s for s in (src[i] for i in range(len(src)))}
     tall = by_id["tall"]
     assert tall.error is None and tall.orig_hw == (2000, 1000)
     assert tall.image.shape == (128, 64) and tall.image.dtype == np.uint8
     # rows 64:128 -> 32:64 (x0.5), columns 32:96 -> 8:24 (x0.25)
     assert tall.image[40, 16] == 255 and tall.image[40, 30] == 0 and tall.image[100, 16] == 0
-    assert by_id["nosize"].error and "sizes.csv" in by_id["nosize"].error
-    assert by_id["broken"].error and by_id["broken"].image is None
+    assert by_id["nosize"].error.startswith("no row for this image in ") and "sizes.csv" in by_id["nosize"].error
+    assert by_id["broken"].error.endswith("broken.png is not a readable PNG") and by_id["broken"].image is None
+    assert by_id["broken_unsized"].error.endswith("broken_unsized.png is not a readable PNG")  # unreadable first
+    assert by_id["ghost"].error.startswith("listed in ") and by_id["ghost"].error.endswith("ghost.png")
 
 
 @pytest.mark.parametrize(
@@ -214,3 +218,12 @@ def test_shards_are_disjoint_complete_and_order_independent():
     for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
         with pytest.raises(UserError):
             parse_shard(bad)
+
+
+def test_failure_reasons_are_plain_text():
+    from cxrdet.errors import InputFailure, failure_reason
+
+    assert failure_reason(KeyError("no row for this image")) == "KeyError: no row for this image"  # no repr quotes
+    assert failure_reason(InputFailure("x.png is not a readable PNG")) == "x.png is not a readable PNG"
+    assert failure_reason(UserError("bad file")) == "bad file"
+    assert failure_reason(RuntimeError()) == "RuntimeError"

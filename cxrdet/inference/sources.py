@@ -12,7 +12,8 @@ image never stops a DataLoader worker; the command lists it in the errors CSV.
 - PNG folder: the popular resized-PNG releases of this dataset (any size, often squashed to a
   square) plus their CSV ``image_id,dim0,dim1`` (dim0 = rows = height, dim1 = columns = width).
   Each PNG is resized to the cache size of its original (area interpolation, as prepare does),
-  so the detector sees the aspect ratio it was trained on.
+  so the detector sees the aspect ratio it was trained on. An id with a PNG but no size row, or
+  a size row but no PNG, is a failed image (listed in the errors CSV), not a skipped one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrdet.boxes import HW, resized_hw
-from cxrdet.errors import FailureLog, UserError
+from cxrdet.errors import FailureLog, InputFailure, UserError, failure_reason
 
 class Sample(NamedTuple):
     """One input image, ready for the detector (``image`` is None when ``error`` is set)."""
@@ -98,8 +99,7 @@ class ImageSource(Dataset, ABC):
         except Exception as e:  # one unreadable image must not stop the run; it gets listed
             # (settings are checked when the source is built, so what fails here is the image;
             # an exception escaping a DataLoader worker would also come back with a traceback)
-            reason = getattr(e, "reason", None) or (str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
-            return Sample(image_id, None, None, {}, {}, reason)
+            return Sample(image_id, None, None, {}, {}, failure_reason(e))
 
     @abstractmethod
     def load(self, image_id: str) -> Sample:
@@ -211,32 +211,48 @@ def png_to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 class PngFolderSource(ImageSource):
-    """``<image_id>.png`` files plus the original sizes; every PNG must have a size row."""
+    """``<image_id>.png`` files plus the original sizes.
+
+    The ids are those of the PNG files AND of the sizes CSV: a PNG without a size row and a size
+    row without a PNG are both failed images (listed, exit 3), never silently skipped, since
+    either means the input is not the set of images the user thinks it is.
+    """
 
     def __init__(self, folder: str | os.PathLike, sizes_csv: str | os.PathLike, size: int,
                  with_features: bool = True) -> None:
         root = Path(folder)
         if not root.is_dir():
             raise UserError(f"--png-dir {root}: not a folder")
+        self.root = root
         self.paths = {p.stem: p for p in sorted(root.glob("*")) if p.suffix.lower() == ".png" and p.is_file()}
         if not self.paths:
             raise UserError(f"--png-dir {root}: no .png files found")
         self.sizes = read_png_sizes(sizes_csv)
         self.sizes_csv = Path(sizes_csv)
-        super().__init__(sorted(self.paths), size, with_features)
+        super().__init__(sorted(set(self.paths) | set(self.sizes)), size, with_features)
 
     def load(self, image_id: str) -> Sample:
+        grey = self._read_png(image_id)  # readability first: a corrupt PNG is reported as such
         if image_id not in self.sizes:
-            raise KeyError(f"no row for this image in {self.sizes_csv} (needs image_id,dim0,dim1)")
+            raise InputFailure(f"no row for this image in {self.sizes_csv} (needs image_id,dim0,dim1 "
+                               "of the original DICOM size)")
         orig_hw = self.sizes[image_id]
-        # np.fromfile + imdecode: cv2.imread cannot open non-ASCII paths on every platform
-        raw = np.fromfile(self.paths[image_id], dtype=np.uint8)
-        pixels = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
-        if pixels is None:
-            raise ValueError(f"{self.paths[image_id]} is not a readable PNG")
-        grey = png_to_uint8(pixels)
         h, w = resized_hw(orig_hw, self.size)
         if grey.shape != (h, w):
             grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA)
         meta = {"image_id": image_id, "rows": orig_hw[0], "columns": orig_hw[1]}
         return Sample(image_id, grey, orig_hw, meta, self._features(grey))
+
+    def _read_png(self, image_id: str) -> np.ndarray:
+        path = self.paths.get(image_id)
+        if path is None:
+            raise InputFailure(f"listed in {self.sizes_csv} but there is no {self.root / image_id}.png")
+        # np.fromfile + imdecode: cv2.imread cannot open non-ASCII paths on every platform
+        raw = np.fromfile(path, dtype=np.uint8)
+        pixels = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+        if pixels is None:
+            raise InputFailure(f"{path} is not a readable PNG")
+        try:
+            return png_to_uint8(pixels)
+        except ValueError as e:
+            raise InputFailure(f"{path}: {e}") from None
