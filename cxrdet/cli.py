@@ -27,6 +27,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What Ctrl-C leaves behind differs per command. A command module says so in INTERRUPT_NOTE;
+# these are the notes of command modules that do not define one.
+INTERRUPT_NOTES: dict[str, str] = {
+    "cxrdet.preprocess.prepare": "finished images are kept in the partial cache and a rerun of the same "
+                                 "command resumes",
+    "cxrdet.detector.train": "checkpoints written so far are kept (RUN/checkpoints/last.ckpt at each epoch end); "
+                             "rerun with --resume to continue",
+}
+DEFAULT_INTERRUPT_NOTE = "outputs of this run may be missing or incomplete; rerun the command"
+
+
+def interrupt_note(module) -> str:
+    """What an interrupted run of ``module``'s command leaves behind (for the Ctrl-C message)."""
+    name = getattr(module, "__name__", "")
+    return getattr(module, "INTERRUPT_NOTE", None) or INTERRUPT_NOTES.get(name, DEFAULT_INTERRUPT_NOTE)
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: cxrdet COMMAND [options]   (cxrdet COMMAND --help for its flags)", "", "commands:"]
@@ -52,18 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = module.get_args_parser()
     parser.prog = f"cxrdet {name}"
     args = parser.parse_args(rest)  # argparse exits 2 with a message on bad flags
-    return run_main(module.main, args, prog=parser.prog)
+    return run_main(module.main, args, prog=parser.prog, note=interrupt_note(module))
 
 
-def run_main(fn, args, prog: str) -> int:
-    """Call a command's ``main``; user errors become a message and exit code 2."""
+def run_main(fn, args, prog: str, note: str | None = None) -> int:
+    """Call a command's ``main``; user errors and file-system errors become a message and exit 2.
+
+    ``note`` says what an interrupted run leaves behind (default: from ``fn``'s module).
+    """
     try:
         code = fn(args)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # e.g. --out names a folder, a disk is full: the message names the path
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
+        if note is None:
+            note = interrupt_note(sys.modules.get(getattr(fn, "__module__", ""), None))
+        print(f"{prog}: interrupted; {note}", file=sys.stderr)
         return 130
     return int(code or 0)
 

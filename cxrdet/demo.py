@@ -34,6 +34,8 @@ import pandas as pd
 from cxrdet.cli import COMMANDS
 from cxrdet.errors import EXIT_OK, UserError
 
+INTERRUPT_NOTE = "the steps finished so far are kept under --out, but the demo does not resume: rerun it with --overwrite"
+
 MARKER = ".cxrdet-demo"  # marks a folder the demo made, so --overwrite never deletes anything else
 
 
