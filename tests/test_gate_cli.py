@@ -139,8 +139,51 @@ def test_in_fold_detections_are_refused(data, tmp_path, capsys):
         (r / "config.json").write_text(json.dumps({"folds": str(data / "FOLDS.csv"), "fold": k}))
         runs += ["--detector-run", str(r)]
     assert train_gate(data, tmp_path / "out", *args, *runs, "--no-ablation") == 0
+    assert "not known which run predicted which image" in capsys.readouterr().err  # the weak check says so
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["detector_oof_check"]["verified"] is True
+    assert report["detector_oof_check"]["strict"] is False
+
+
+def _provenance(det_csv, runs_by_fold: dict[int, list[str]], folds_csv) -> None:
+    """A provenance record: the detector trained with validation fold k predicted runs_by_fold[k]."""
+    from cxrdet.inference.provenance import write_provenance
+
+    runs = [{"models": [{"artifact": f"/runs/f{k}/export", "folds": str(folds_csv), "fold": k}],
+             "folds": str(folds_csv), "fold": k, "shard": None, "tta": "none", "image_ids": ids}
+            for k, ids in runs_by_fold.items()]
+    write_provenance(det_csv, runs)
+
+
+def test_provenance_checks_each_image_against_the_detector_that_predicted_it(data, tmp_path, capsys):
+    det = tmp_path / "oof.csv"
+    det.write_bytes((data / "sub.csv").read_bytes())
+    folds = pd.read_csv(data / "FOLDS.csv", dtype={"image_id": str})
+    ids = folds["image_id"].tolist()
+    all_runs = []
+    for k in range(4):  # every fold's run given: the weak check would accept anything
+        r = tmp_path / f"run_fold{k}"
+        r.mkdir()
+        (r / "config.json").write_text(json.dumps({"folds": str(data / "FOLDS.csv"), "fold": k}))
+        all_runs += ["--detector-run", str(r)]
+    # fold 0's detector predicted every image: three quarters of them are in-fold
+    _provenance(det, {0: ids}, data / "FOLDS.csv")
+    assert train_gate(data, tmp_path / "out", "--detections", str(det), *all_runs) == 2
+    err = capsys.readouterr().err
+    first_in_fold = folds.loc[folds["fold"] != 0, "image_id"].iloc[0]
+    assert "45 image(s) were predicted by detector /runs/f0/export" in err and first_in_fold in err
+    assert "--folds FOLDS.csv --fold K" in err and "Traceback" not in err
+    # an image missing from the record is refused too (stale record)
+    by_fold = {k: folds.loc[folds["fold"] == k, "image_id"].tolist() for k in range(4)}
+    _provenance(det, {k: v for k, v in by_fold.items() if k != 3}, data / "FOLDS.csv")
+    assert train_gate(data, tmp_path / "out", "--detections", str(det)) == 2
+    assert "not in its provenance record" in capsys.readouterr().err
+    # each fold predicted by its own detector: accepted, strictly checked, no --detector-run needed
+    _provenance(det, by_fold, data / "FOLDS.csv")
+    assert train_gate(data, tmp_path / "out", "--detections", str(det), "--no-ablation") == 0
+    check = json.loads((tmp_path / "out" / "report.json").read_text())["detector_oof_check"]
+    assert check["strict"] is True and check["n_images_checked"] == N
+    assert check["models"] == [f"/runs/f{k}/export" for k in range(4)]
 
 
 def test_abnormal_rule_any_versus_majority():

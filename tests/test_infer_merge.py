@@ -67,3 +67,48 @@ def test_missing_shard_and_malformed_rows_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.csv line 2" in err and "x_max" in err
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+def test_shard_errors_are_merged_once_each_and_exit_3(tmp_path, capsys):
+    _, subs, _ = _write_shards(tmp_path, 2)
+    errs = []
+    for i, rows in enumerate([["img09,cannot read it", "dup.dicom,image id dup twice"],
+                              ["dup.dicom,image id dup twice"]]):
+        errs.append(tmp_path / f"sub_{i}.errors.csv")
+        errs[-1].write_text("item,reason\n" + "\n".join(rows) + "\n")
+    out_err = tmp_path / "all.errors.csv"
+    rc = cli(["merge-submissions", "--out", str(tmp_path / "all.csv"), *subs,
+              "--errors", *map(str, errs), "--errors-out", str(out_err)])
+    assert rc == 3
+    assert out_err.read_text().splitlines() == ["item,reason", "img09,cannot read it", "dup.dicom,image id dup twice"]
+    assert "img09" in capsys.readouterr().err
+    # clean shards: an errors CSV with the header only, exit 0
+    for e in errs:
+        e.write_text("item,reason\n")
+    assert cli(["merge-submissions", "--out", str(tmp_path / "all.csv"), *subs,
+                "--errors", *map(str, errs), "--errors-out", str(out_err)]) == 0
+    assert out_err.read_text().splitlines() == ["item,reason"]
+    bad = tmp_path / "bad.errors.csv"
+    bad.write_text("image_id,PredictionString\n")
+    assert cli(["merge-submissions", "--out", str(tmp_path / "x.csv"), *subs, "--errors", str(bad),
+                "--errors-out", str(out_err)]) == 2
+    assert "expected header item,reason" in capsys.readouterr().err
+
+
+def test_provenance_records_are_merged_and_a_missing_one_means_none(tmp_path, capsys):
+    from cxrdet.inference.provenance import provenance_path, read_provenance, write_provenance
+
+    _, subs, _ = _write_shards(tmp_path, 2)
+    for i, sub in enumerate(subs):
+        ids = select_shard(IDS, i, 2)
+        write_provenance(sub, [{"models": [{"artifact": f"/runs/f{i}/export", "folds": "/F.csv", "fold": i}],
+                                "folds": "/F.csv", "fold": i, "shard": None, "tta": "none", "image_ids": ids}])
+    out = tmp_path / "all.csv"
+    assert cli(["merge-submissions", "--out", str(out), *subs]) == 0
+    runs = read_provenance(provenance_path(out))
+    assert [r["models"][0]["fold"] for r in runs] == [0, 1]
+    assert sorted(sum((r["image_ids"] for r in runs), [])) == IDS
+    provenance_path(subs[1]).unlink()
+    assert cli(["merge-submissions", "--out", str(out), *subs]) == 0
+    assert not provenance_path(out).exists()  # the old merged record went with the old CSV
+    assert "no provenance record" in capsys.readouterr().err

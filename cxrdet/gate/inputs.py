@@ -134,11 +134,25 @@ def read_detections(path: Path, ids: list[str]) -> dict[str, Detections]:
 
 
 def check_out_of_fold(runs: list[str], dets: dict[str, Detections], det_path: Path) -> dict:
-    """Refuse detections of images that every given detector run trained on (see OOF_HELP)."""
+    """Refuse in-fold detections (see OOF_HELP of ``cxrdet train-gate``).
+
+    With the provenance record ``cxrdet infer`` writes beside its CSV, each image is checked
+    against the detector(s) that predicted it. Without one, only a weak check is possible: an
+    image passes when ANY given --detector-run held it out (or, with no run, a warning).
+    """
+    from cxrdet.inference.provenance import provenance_path, read_provenance
+
+    record = provenance_path(det_path)
+    if record.is_file():
+        return check_with_provenance(read_provenance(record), dets, det_path, record)
     if not runs:
-        print(f"train-gate: WARNING: cannot check that {det_path} is out-of-fold (no --detector-run); "
-              "in-fold detections make the gate over-trust the detector", file=sys.stderr)
+        print(f"train-gate: WARNING: cannot check that {det_path} is out-of-fold (no --detector-run and no "
+              f"{record.name} beside it); in-fold detections make the gate over-trust the detector",
+              file=sys.stderr)
         return {"verified": False, "runs": []}
+    print(f"train-gate: WARNING: no {record.name} beside {det_path}, so it is not known which run predicted "
+          "which image; only checking that some --detector-run held each image out. Make the detections "
+          "with `cxrdet infer --folds F --fold K` (+ merge-submissions) for the strict check", file=sys.stderr)
     held_out: set[str] = set()
     for run in runs:
         held_out |= held_out_ids(Path(run))
@@ -150,7 +164,59 @@ def check_out_of_fold(runs: list[str], dets: dict[str, Detections], det_path: Pa
             "Fix: give detections predicted by the run that held each image out (one run per fold, "
             "each predicting its own validation fold), or drop --detections"
         )
-    return {"verified": True, "runs": list(runs), "n_images_checked": len(dets)}
+    return {"verified": True, "strict": False, "runs": list(runs), "n_images_checked": len(dets)}
+
+
+def check_with_provenance(runs: list[dict], dets: dict[str, Detections], det_path: Path, record: Path) -> dict:
+    """Every image must be held out by every detector artifact that predicted it."""
+    producer = {image_id: k for k, run in enumerate(runs) for image_id in run["image_ids"]}
+    unknown = sorted(i for i in dets if i not in producer)
+    if unknown:
+        raise UserError(
+            f"{det_path}: {len(unknown)} image(s) are not in its provenance record {record}, e.g. "
+            f"{unknown[:5]}, so which detector predicted them is unknown. Fix: write the detections "
+            "with `cxrdet infer` (+ `cxrdet merge-submissions`), which keep the record in step, or "
+            "delete the stale record"
+        )
+    cache: dict[tuple[str, int], set[str]] = {}
+    for k, run in enumerate(runs):
+        ids = {i for i in dets if producer[i] == k}
+        for model in run["models"] if ids else []:
+            key = (str(model["folds"]), int(model["fold"]))
+            if key not in cache:
+                cache[key] = fold_ids_of(model, record)
+            in_fold = sorted(ids - cache[key])
+            if in_fold:
+                raise UserError(
+                    f"{det_path}: {len(in_fold)} image(s) were predicted by detector {model['artifact']}, "
+                    f"which trained on them (it held out only fold {model['fold']} of {model['folds']}), "
+                    f"e.g. {in_fold[:5]}: their detections are in-fold (record: {record}). Fix: predict "
+                    "each fold with the run that held it out (`cxrdet infer --model runs/fK/export "
+                    "--folds FOLDS.csv --fold K --out oof_K.csv`), merge them with `cxrdet "
+                    "merge-submissions`, or drop --detections"
+                )
+    models = sorted({m["artifact"] for run in runs for m in run["models"]})
+    return {"verified": True, "strict": True, "provenance": str(record), "models": models,
+            "n_images_checked": len(dets)}
+
+
+def fold_ids_of(model: dict, record: Path) -> set[str]:
+    """The validation-fold ids of a detector artifact named in a provenance record."""
+    if not model["folds"]:
+        raise UserError(
+            f"{record}: detector {model['artifact']} was trained without a folds file, so it held out "
+            "no image and none of its detections is out-of-fold. Fix: train per fold "
+            "(`cxrdet train --folds FOLDS.csv --fold K`) and predict each run's own fold"
+        )
+    return validation_ids(Path(model["folds"]), int(model["fold"]),
+                          f"the folds file detector {model['artifact']} was trained with (see {record})")
+
+
+def validation_ids(folds_path: Path, fold: int, what: str) -> set[str]:
+    """The ids of ``fold`` in a FOLDS.csv (image_id,fold); ``what`` names the file in errors."""
+    df = read_table(folds_path, ["image_id", "fold"], what)
+    numbers = pd.to_numeric(df["fold"], errors="coerce")
+    return set(df.loc[numbers == fold, "image_id"].str.strip())
 
 
 def held_out_ids(run: Path) -> set[str]:
@@ -168,6 +234,4 @@ def held_out_ids(run: Path) -> set[str]:
     folds_path = Path(cfg["folds"])
     if not folds_path.is_absolute() and not folds_path.is_file() and (run / folds_path).is_file():
         folds_path = run / folds_path  # a relative path written from inside the run folder
-    df = read_table(folds_path, ["image_id", "fold"], f"the folds file named in {cfg_path}")
-    fold = pd.to_numeric(df["fold"], errors="coerce")
-    return set(df.loc[fold == int(cfg.get("fold", 0)), "image_id"].str.strip())
+    return validation_ids(folds_path, int(cfg.get("fold", 0)), f"the folds file named in {cfg_path}")

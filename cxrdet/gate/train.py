@@ -31,16 +31,20 @@ from cxrdet.gate.inputs import (
 from cxrdet.gate.model import DEFAULT_HIGH, DEFAULT_LOW, GateClassifier, library_versions
 from cxrdet.gate.report import plot_report, write_report_json, zone_confusion
 
+INTERRUPT_NOTE = "no gate was written (model, schema and report are written at the end); rerun the command"
+
 ABNORMAL_RULES = ("any", "majority")
 
 OOF_HELP = """\
 detector evidence (--detections) must be OUT-OF-FOLD: the boxes of every training image must
 come from a detector that was not trained on that image. In-fold boxes are confidently right on
 the images the detector memorised, so the gate would learn to trust them and fail on new images.
-Pass the detector runs with --detector-run so the command can check this: an image is accepted
-when at least one given run held it out (its fold is the run's validation fold); otherwise the
-command refuses. Without --detector-run it only warns. Give UNGATED detections (no class 14),
-made with the same inference settings (TTA, ensemble) that will feed the gate later.
+`cxrdet infer` writes <out stem>.provenance.json beside its CSV (which detector, trained on which
+fold, predicted which images) and `cxrdet merge-submissions` merges those records; with it beside
+--detections, each image is checked against the detector that predicted it and in-fold ones are
+refused. Without a record the check is weak: an image passes when ANY --detector-run held it out
+(without --detector-run either, only a warning). Give UNGATED detections (no class 14), made
+with the same inference settings (TTA, ensemble) that will feed the gate later.
 
 example (3 folds):
   cxrdet split --labels train.csv --folds 3 --out FOLDS.csv
@@ -48,7 +52,7 @@ example (3 folds):
   cxrdet infer --cache C.h5 --model runs/fK/export --folds FOLDS.csv --fold K --out oof_K.csv
   cxrdet merge-submissions --out oof.csv oof_0.csv oof_1.csv oof_2.csv
   cxrdet train-gate --meta META.csv --labels train.csv --folds FOLDS.csv --out gate \\
-      --detections oof.csv --detector-run runs/f0 --detector-run runs/f1 --detector-run runs/f2
+      --detections oof.csv          (checked with oof.provenance.json, written by the merge)
 """
 
 
@@ -80,7 +84,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "adds detector-evidence features and tunes --low/--high; see below")
     p.add_argument("--detector-run", action="append", default=[], metavar="DIR",
                    help="detector run folder (its config.json names folds and fold) that produced "
-                   "--detections; repeat once per fold run. Used to refuse in-fold detections")
+                   "--detections; repeat once per fold run. Only used when --detections has no "
+                   "provenance record beside it (weak check: some run must have held each image out)")
     p.add_argument("--low", type=float, default=None, help=f"fix the low threshold (default: tuned, else {DEFAULT_LOW})")
     p.add_argument("--high", type=float, default=None, help=f"fix the high threshold (default: tuned, else {DEFAULT_HIGH})")
     p.add_argument("--n-estimators", type=int, default=2000, help="max boosting rounds per fold; early stopping ends sooner (default 2000)")

@@ -3,10 +3,12 @@
 inputs (DICOM folder | HDF5 cache | PNGs + sizes CSV) -> DataLoader (workers) -> detector(s),
 optional hflip TTA, fused with WBF (cache pixels) -> ORIGINAL DICOM pixels, clipped -> gate
 (DESIGN.md §6, stored thresholds unless overridden) -> submission (atomic, every image once),
-plus an image-level CSV, overlays and an errors CSV.
+plus an image-level CSV, overlays, an errors CSV and a provenance record (which detector
+artifacts, trained on which folds, predicted which images: :mod:`cxrdet.inference.provenance`).
 
-A failed image is listed in the errors CSV with its reason and the exit code is 3. It is left
-out of the submission (so the file cannot be mistaken for a complete one) unless
+A failed image (unreadable, or failing later: the forward pass of its batch, its box mapping,
+its overlay) is listed in the errors CSV with its reason, the run goes on, and the exit code is
+3. It is left out of the submission (so the file cannot be mistaken for a complete one) unless
 ``--on-error normal`` asks for it to be predicted "No finding" (``14 1 0 0 1 1``).
 """
 
@@ -26,10 +28,11 @@ from tqdm import tqdm
 
 from cxrdet.boxes import HW
 from cxrdet.detections import Detections
-from cxrdet.errors import FailureLog, UserError, safe_child
+from cxrdet.errors import FailureLog, InputFailure, UserError, failure_reason, safe_child
 from cxrdet.inference.image_level import image_level_frame, image_level_row, write_image_level
 from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
+from cxrdet.inference.provenance import model_record, write_provenance
 from cxrdet.inference.sources import (
     CacheSource,
     DicomFolderSource,
@@ -42,6 +45,9 @@ from cxrdet.inference.sources import (
     uncollate,
 )
 from cxrdet.inference.tta import TTA_CHOICES, FusionConfig, predict_fused
+
+INTERRUPT_NOTE = ("the submission is written only at the end, so none was (overlays drawn so far are "
+                  "kept); a rerun starts over")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,7 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=("fail", "normal"), default="fail",
                    help="failed images: fail = leave out of the submission (exit 3); normal = predict "
                    "'14 1 0 0 1 1' for them (still listed, exit 3)")
-    p.add_argument("--out", required=True, help="submission CSV (image_id,PredictionString), written atomically")
+    p.add_argument("--out", required=True, help="submission CSV (image_id,PredictionString), written atomically; "
+                   "beside it <out stem>.provenance.json records which detector predicted which images "
+                   "(train-gate checks out-of-fold detections with it)")
     return p
 
 
@@ -123,12 +131,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_detectors(dirs: list[str], device: torch.device) -> tuple[list, object]:
-    """Load every artifact; they must share the cache settings they were trained on."""
+def load_detectors(dirs: list[str], device: torch.device) -> tuple[list, object, list[dict]]:
+    """Load every artifact; they must share the cache settings they were trained on.
+
+    Also returns each artifact's provenance record (the split it was trained with)."""
     from cxrdet.detector.export import load_detector
     from cxrdet.preprocess.cache import CacheSettings
 
-    models, settings = [], None
+    models, settings, records = [], None, []
     for d in dirs:
         model, cfg = load_detector(d, map_location=device)
         if not cfg.cache_size or not cfg.cache_voi:
@@ -142,7 +152,8 @@ def load_detectors(dirs: list[str], device: torch.device) -> tuple[list, object]
             )
         settings = these
         models.append(model.to(device).eval())
-    return models, settings
+        records.append(model_record(d, cfg.folds, cfg.fold))
+    return models, settings, records
 
 
 def load_gate(args: argparse.Namespace) -> GateRuntime | None:
@@ -209,21 +220,67 @@ def gate_probabilities(gate: GateRuntime, samples: list[Sample], dets: list[Dete
 
 
 def process_batch(samples: list[Sample], models: list, gate: GateRuntime | None, args, out: Outputs) -> None:
-    """Detect, map to original pixels, gate, record and draw one batch of good samples."""
+    """Detect, map to original pixels, gate, record and draw one batch of good samples.
+
+    A failure lists the images it hit and the run goes on (exit 3 at the end), so one bad image
+    or one failed batch never costs the submission of all the others.
+    """
+    try:
+        fused = detect_batch(samples, models, args)
+    except Exception as e:  # e.g. out of memory on a large batch: every image of it is lost
+        fail_all(samples, "the detector failed on its batch", e, out)
+        return
+    mapped: list[tuple[Sample, Detections]] = []
+    for s, det in zip(samples, fused):
+        try:
+            mapped.append((s, to_original(det, s.image.shape[:2], s.orig_hw)))
+        except Exception as e:
+            out.failures.add(s.image_id, f"mapping its boxes to the original size failed: {failure_reason(e)}")
+    if not mapped:
+        return
+    good = [s for s, _ in mapped]
+    try:
+        probs = gate_probabilities(gate, good, [d for _, d in mapped]) if gate else [None] * len(mapped)
+    except Exception as e:
+        fail_all(good, "the gate failed on its batch", e, out)
+        return
+    for (s, det), p in zip(mapped, probs):
+        try:
+            record_image(s, det, p, gate, args, out)
+        except Exception as e:
+            out.failures.add(s.image_id, failure_reason(e))
+
+
+def detect_batch(samples: list[Sample], models: list, args) -> list[Detections]:
+    """Fused detections (all models, TTA views) per sample, in cache pixels."""
     from cxrdet.detector.predict import predict
-    from cxrdet.gate_rules import apply_gate
 
     fns = [lambda ims, m=m: predict(m, ims) for m in models]
-    fused = predict_fused(fns, [s.image for s in samples], args.tta, FusionConfig(iou_thr=args.wbf_iou))
-    dets = [to_original(d, s.image.shape[:2], s.orig_hw) for d, s in zip(fused, samples)]
-    probs = gate_probabilities(gate, samples, dets) if gate else [None] * len(samples)
-    for s, det, p in zip(samples, dets, probs):
-        final = apply_gate(det, float(p), gate.low, gate.high) if gate else det
-        out.predictions[s.image_id] = final
-        out.orig_sizes[s.image_id] = s.orig_hw
-        out.image_level.append(image_level_row(s.image_id, det, p))
-        if args.vis_dir:
+    return predict_fused(fns, [s.image for s in samples], args.tta, FusionConfig(iou_thr=args.wbf_iou))
+
+
+def record_image(s: Sample, det: Detections, p, gate: GateRuntime | None, args, out: Outputs) -> None:
+    """Gate one image's detections (original pixels), draw its overlay, then record it.
+
+    Recording comes last, so an image that fails on the way is not half in the outputs.
+    """
+    from cxrdet.gate_rules import apply_gate
+
+    final = apply_gate(det, float(p), gate.low, gate.high) if gate else det
+    row = image_level_row(s.image_id, det, p)
+    if args.vis_dir:
+        try:
             write_overlay(args.vis_dir, s.image_id, s.image, final, s.orig_hw, args.vis_min_score)
+        except Exception as e:
+            raise InputFailure(f"writing its overlay failed: {failure_reason(e)}") from e
+    out.predictions[s.image_id] = final
+    out.orig_sizes[s.image_id] = s.orig_hw
+    out.image_level.append(row)
+
+
+def fail_all(samples: list[Sample], what: str, e: Exception, out: Outputs) -> None:
+    for s in samples:
+        out.failures.add(s.image_id, f"{what}: {failure_reason(e)}")
 
 
 def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args) -> Outputs:
@@ -247,11 +304,14 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
     return out
 
 
-def write_outputs(args, out: Outputs) -> None:
-    """Submission (atomic, sorted ids) and the image-level CSV."""
+def write_outputs(args, out: Outputs, models: list[dict]) -> None:
+    """Submission (atomic, sorted ids), its provenance record and the image-level CSV."""
     from cxrdet.gate_rules import normal_detection
     from cxrdet.submission import write_submission
 
+    run = {"models": models, "folds": str(Path(args.folds).resolve()) if args.folds else None,
+           "fold": args.fold, "shard": args.shard, "tta": args.tta,
+           "image_ids": sorted(out.predictions)}  # predicted ones: not those --on-error normal fills
     if args.on_error == "normal":
         for image_id, _ in out.failures.rows:
             out.predictions[image_id] = normal_detection(1.0)
@@ -259,6 +319,7 @@ def write_outputs(args, out: Outputs) -> None:
             out.orig_sizes[image_id] = (1, 1)
     ids = sorted(out.predictions)
     write_submission(args.out, out.predictions, ids, out.orig_sizes)
+    write_provenance(args.out, [run])
     if args.image_level_out:
         write_image_level(args.image_level_out, image_level_frame(out.image_level))
 
@@ -291,7 +352,7 @@ def log(message: str) -> None:
 def main(args: argparse.Namespace) -> int:
     check_args(args)
     device = resolve_device(args.device)
-    models, settings = load_detectors(args.model, device)
+    models, settings, records = load_detectors(args.model, device)
     gate = load_gate(args)
     source = build_source(args, settings, with_features=gate is not None and "pixel" in gate.groups)
     if args.vis_dir:
@@ -300,7 +361,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = run_inference(source, models, gate, args)
     elapsed = time.perf_counter() - start
-    write_outputs(args, out)
+    write_outputs(args, out, records)
     n_ok = len(source) - len(out.failures)
     log(f"{n_ok}/{len(source)} images in {elapsed:.1f} s ({n_ok / max(elapsed, 1e-9):.2f} img/s) -> {args.out}")
     if args.image_level_out:

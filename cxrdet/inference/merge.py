@@ -5,7 +5,8 @@ Sharded inference, step by step::
     cxrdet infer --model RUN/artifact --dicom-dir test/ --shard 0/4 --out sub_0.csv --image-level-out il_0.csv
     ...                                               (shards 1/4, 2/4, 3/4 on other machines)
     cxrdet merge-submissions --out submission.csv sub_*.csv \
-        --image-level il_*.csv --image-level-out image_level.csv
+        --image-level il_*.csv --image-level-out image_level.csv \
+        --errors sub_*.errors.csv --errors-out submission.errors.csv
 
 Shards are a deterministic split of the sorted image ids (every n-th id from i), so every
 image is predicted exactly once and the merged file equals an unsharded run's: byte for byte
@@ -14,6 +15,13 @@ the largest image) can move a score or coordinate in the last printed digit. Row
 verbatim (no float re-formatting) and sorted by image_id.
 An image_id in two inputs, or a PredictionString that does not parse, stops the merge with the
 file and line; ``--expect N`` also checks that no shard is missing.
+
+The shards' errors CSVs (``--errors``) are concatenated (rows repeated by several shards, such
+as duplicate-id listing problems every shard sees, once) into ``--errors-out``; when any image
+failed the merge lists them and exits 3, as the shards did. The provenance records beside the
+shard CSVs (``<stem>.provenance.json``, from ``cxrdet infer``) are merged beside ``--out`` so
+``cxrdet train-gate`` can check merged out-of-fold detections; if a shard has none, no merged
+record is written (and an old one beside ``--out`` is removed).
 """
 
 from __future__ import annotations
@@ -21,11 +29,17 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from pathlib import Path
 
-from cxrdet.errors import UserError
+from cxrdet.errors import FailureLog, UserError
+from cxrdet.inference.provenance import collect_provenance, write_merged_provenance
+
+INTERRUPT_NOTE = ("outputs are written last, each whole (atomically), so any not yet written are missing, "
+                  "never half-written; rerun the command")
 
 HEADER = ["image_id", "PredictionString"]
+ERRORS_HEADER = ["item", "reason"]  # FailureLog.write_csv
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-level-out", default=None, help="merged image-level CSV")
     p.add_argument("--expect", type=int, default=None, metavar="N",
                    help="number of images the merged submission must have (catches a missing shard)")
+    p.add_argument("--errors", nargs="*", default=[], metavar="ERR.csv",
+                   help="errors CSVs of the shards (`cxrdet infer` writes <out stem>.errors.csv)")
+    p.add_argument("--errors-out", default=None, help="merged errors CSV (item,reason)")
     return p
 
 
@@ -115,9 +132,32 @@ def _check_prediction(path: str, line: int, row: list[str]) -> None:
         raise UserError(f"bad PredictionString: {e}") from None
 
 
+def merge_errors(files: list[str]) -> FailureLog:
+    """The rows of the shards' errors CSVs, each distinct row once, in input order."""
+    log, seen = FailureLog(), set()
+    for path in files:
+        for item, reason in read_rows(path, ERRORS_HEADER)[1]:
+            if (item, reason) not in seen:
+                seen.add((item, reason))
+                log.rows.append((item, reason))
+    return log
+
+
+def check_image_level(il_rows: list[list[str]], rows: list[list[str]]) -> None:
+    # failed images have no image-level row, so the image-level ids are a subset
+    stray = sorted({r[0] for r in il_rows} - {r[0] for r in rows})
+    if stray:
+        raise UserError(
+            f"the image-level CSVs hold images that no submission has (e.g. {stray[:3]}); "
+            "pass the image-level CSVs of the same shards"
+        )
+
+
 def main(args: argparse.Namespace) -> int:
     if bool(args.image_level) != bool(args.image_level_out):
         raise UserError("--image-level and --image-level-out go together")
+    if bool(args.errors) != bool(args.errors_out):
+        raise UserError("--errors and --errors-out go together")
     _, rows = merge_rows(args.shards, HEADER, check=_check_prediction)
     if args.expect is not None and len(rows) != args.expect:
         raise UserError(
@@ -128,17 +168,16 @@ def main(args: argparse.Namespace) -> int:
         from cxrdet.inference.image_level import IMAGE_LEVEL_COLUMNS
 
         il_head, il_rows = merge_rows(args.image_level, IMAGE_LEVEL_COLUMNS)
-        # failed images have no image-level row, so the image-level ids are a subset
-        stray = sorted({r[0] for r in il_rows} - {r[0] for r in rows})
-        if stray:
-            raise UserError(
-                f"the image-level CSVs hold images that no submission has (e.g. {stray[:3]}); "
-                "pass the image-level CSVs of the same shards"
-            )
+        check_image_level(il_rows, rows)
+    errors = merge_errors(args.errors)
+    runs, no_record = collect_provenance(args.shards)
     # everything checked: only now write, so a refused merge leaves no output behind
     write_rows_atomic(args.out, HEADER, rows)
     print(f"merged {len(rows)} images from {len(args.shards)} shard(s) -> {args.out}")
+    if write_merged_provenance(args.out, runs) is None:
+        print(f"note: no provenance record beside {', '.join(map(str, no_record[:3]))}: none written for "
+              f"{args.out} (`cxrdet train-gate` cannot check it is out-of-fold image by image)", file=sys.stderr)
     if args.image_level:
         write_rows_atomic(args.image_level_out, il_head, il_rows, lineterminator="\n")
         print(f"merged image-level CSV ({len(il_rows)} images) -> {args.image_level_out}")
-    return 0
+    return errors.report(args.errors_out) if args.errors else 0
