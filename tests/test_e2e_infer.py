@@ -1,22 +1,31 @@
 """End to end through the CLI on tiny synthetic data: synth -> prepare -> split -> a few training
 steps of the light detector -> out-of-fold detections -> gate -> infer (DICOM, cache, PNG inputs;
-broken files; shards + merge; overlays; hostile ids).
+broken files; shards + merge; overlays; hostile ids; gate rules under stored and overridden
+thresholds; TTA and ensembles; a box of known place through the whole chain; failures inside a
+batch).
 
-The pipeline is built once per module (about a minute on 2 cores); each test then runs infer
+The pipeline is built once per module (about 15 s on 2 cores); each test then runs infer
 in-process on 6 test images."""
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
+import cxrdet.detector.predict
+import cxrdet.inference.infer
 from cxrdet.cli import main as cli
+from cxrdet.detections import Detections
+from cxrdet.dicomio.write import write_dicom
+from cxrdet.inference.provenance import provenance_path, read_provenance
 from cxrdet.preprocess.cache import CacheReader
 from cxrdet.submission import read_submission
+from test_infer_units import _bright_bbox
 
 pytestmark = pytest.mark.slow
 
@@ -163,3 +172,210 @@ def test_ids_that_would_escape_the_overlay_folder_are_refused(pipe, tmp_path, ca
     assert rc == 2
     assert "cannot be used as a file name" in capsys.readouterr().err
     assert not (tmp_path / "sub.csv").exists() and not list(tmp_path.glob("deep/*.png"))
+
+
+# --- gate rules (DESIGN.md §6) row by row ----------------------------------------------------
+
+def _groups(prediction_string: str) -> list[tuple[str, ...]]:
+    tokens = prediction_string.split()
+    return [tuple(tokens[i:i + 6]) for i in range(0, len(tokens), 6)]
+
+
+def _rows(csv_path) -> dict[str, str]:
+    df = pd.read_csv(csv_path, dtype={"image_id": str}, keep_default_na=False)
+    assert df["image_id"].is_unique
+    return dict(zip(df["image_id"], df["PredictionString"]))
+
+
+def check_gate_rows(sub_csv, il_csv, low: float, high: float, ungated: dict[str, str] | None) -> Counter:
+    """Assert every row follows the gate rules for its p_abnormal; returns rows per zone.
+
+    ``ungated``: the detections-only rows of the same images (no --gate), which must be the
+    findings of every row the gate did not call normal (None: only check there are findings).
+    """
+    rows = _rows(sub_csv)
+    p_abnormal = pd.read_csv(il_csv, dtype={"image_id": str}).set_index("image_id")["p_abnormal"]
+    assert sorted(rows) == sorted(p_abnormal.index)
+    zones: Counter = Counter()
+    for image_id, text in rows.items():
+        p = float(p_abnormal[image_id])
+        groups = _groups(text)
+        normal = [g for g in groups if g[0] == "14"]
+        findings = sorted(g for g in groups if g[0] != "14")
+        if p < low:
+            assert text == "14 1 0 0 1 1", (image_id, p, text)
+            zones["normal"] += 1
+            continue
+        assert findings, (image_id, p)  # the detector (score threshold 0) always finds something
+        if ungated is not None:
+            assert findings == sorted(_groups(ungated[image_id])), (image_id, p)
+        if p < high:
+            assert len(normal) == 1 and normal[0][2:] == ("0", "0", "1", "1")
+            # 4 decimals in the submission, 6 significant digits in the image-level CSV
+            assert abs(float(normal[0][1]) - (1 - p)) <= 6e-5, (image_id, p, normal)
+            zones["hedged"] += 1
+        else:
+            assert not normal, (image_id, p, text)
+            zones["findings_only"] += 1
+    return zones
+
+
+@pytest.fixture(scope="module")
+def ungated(pipe, tmp_path_factory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("ungated") / "sub.csv"
+    assert infer(pipe, "--dicom-dir", pipe["dir"] / "syn" / "test", "--out", out, gate=False) == 0
+    return _rows(out)
+
+
+def _stored_thresholds(pipe) -> tuple[float, float]:
+    import json
+
+    t = json.loads((pipe["dir"] / "gate" / "gate_schema.json").read_text())["thresholds"]
+    return float(t["low"]), float(t["high"])
+
+
+def test_every_row_follows_the_gate_rules_under_the_stored_thresholds(pipe, ungated):
+    low, high = _stored_thresholds(pipe)
+    zones = check_gate_rows(pipe["dir"] / "sub.csv", pipe["dir"] / "il.csv", low, high, ungated)
+    assert sum(zones.values()) == len(pipe["sizes"])
+
+
+def test_low_high_overrides_move_rows_between_the_rules(pipe, ungated, tmp_path):
+    d = pipe["dir"]
+    p = pd.read_csv(d / "il.csv")["p_abnormal"]
+    assert p.min() > 0  # XGBoost probabilities are never exactly 0, so high=min(p) is valid
+    # all below low (every image called normal); then all at or above high (findings only)
+    cases = {"normal": (float(p.max()) + 1e-3, float(p.max()) + 2e-3), "findings_only": (0.0, float(p.min()))}
+    for zone, (low, high) in cases.items():
+        sub, il = tmp_path / f"{zone}.csv", tmp_path / f"{zone}_il.csv"
+        assert infer(pipe, "--dicom-dir", d / "syn" / "test", "--low", f"{low!r}", "--high", f"{high!r}",
+                     "--image-level-out", il, "--out", sub) == 0
+        pd.testing.assert_series_equal(pd.read_csv(il)["p_abnormal"], p)  # thresholds do not move p
+        assert check_gate_rows(sub, il, low, high, ungated) == Counter({zone: len(pipe["sizes"])})
+
+
+def test_hflip_tta_and_a_two_model_ensemble_through_the_cli(pipe, ungated, tmp_path):
+    import torch
+
+    d = pipe["dir"]
+    second = tmp_path / "model2"
+    shutil.copytree(pipe["model"], second)
+    state = torch.load(second / "model.pt", weights_only=True)
+    torch.manual_seed(0)
+    for k, v in state.items():  # a different detector of the same architecture and cache settings
+        if k.startswith("roi_heads.box_predictor") and v.is_floating_point():
+            state[k] = v + 0.05 * torch.randn_like(v)
+    torch.save(state, second / "model.pt")
+    low, high = _stored_thresholds(pipe)
+    findings = {"plain": {k: sorted(g for g in _groups(v) if g[0] != "14") for k, v in _rows(d / "sub.csv").items()}}
+    for name, extra in {"tta": ("--tta", "hflip"), "ensemble": ("--model", second)}.items():
+        sub, il = tmp_path / f"{name}.csv", tmp_path / f"{name}_il.csv"
+        assert infer(pipe, "--dicom-dir", d / "syn" / "test", *extra, "--image-level-out", il, "--out", sub) == 0
+        check_gate_rows(sub, il, low, high, None)
+        findings[name] = {k: sorted(g for g in _groups(v) if g[0] != "14") for k, v in _rows(sub).items()}
+        models = read_provenance(provenance_path(sub))[0]["models"]
+        assert len(models) == (2 if name == "ensemble" else 1)
+    # each option changes the detections (hflip views, a second detector: fused with WBF)
+    assert findings["tta"] != findings["plain"] and findings["ensemble"] != findings["plain"]
+    assert findings["tta"] != findings["ensemble"]
+
+
+# --- a box of known place, through the whole chain --------------------------------------------
+
+def test_known_box_in_a_non_square_dicom_maps_back_through_the_cli(pipe, tmp_path, monkeypatch):
+    """DICOM (non-square, 1215 x 997) -> prepare path -> 128 px cache -> detector -> original
+    pixels -> submission. The detector is replaced by one that reports exactly the bright
+    rectangle it sees in the cache image (sub-pixel), so any error is the pipeline's mapping."""
+    orig_hw, truth = (1215, 997), np.array([211.0, 604.0, 689.0, 1003.0])  # x0, y0, x1, y1
+    stored = np.zeros(orig_hw, dtype=np.uint16)
+    x0, y0, x1, y1 = truth.astype(int)
+    stored[y0:y1, x0:x1] = 4095  # no window tags: min-max VOI maps it to exactly 0 and 255
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    write_dicom(folder / "lesion.dicom", stored, bits_stored=12)
+    seen = []
+
+    def perfect_detector(model, images):
+        seen.extend(np.asarray(im).shape for im in images)
+        return [Detections(_bright_bbox(np.asarray(im)), [0.9], [8]) for im in images]
+
+    monkeypatch.setattr(cxrdet.detector.predict, "predict", perfect_detector)
+    assert infer(pipe, "--dicom-dir", folder, "--out", tmp_path / "sub.csv", gate=False) == 0
+    assert seen == [(128, 105)]  # the detector saw the aspect-kept cache image
+    groups = _groups(_rows(tmp_path / "sub.csv")["lesion"])
+    assert len(groups) == 1 and groups[0][:2] == ("8", "0.9")
+    assert np.abs(np.array(groups[0][2:], dtype=float) - truth).max() <= 2.0
+
+
+# --- failures inside a batch are listed; the rest is still written ------------------------------
+
+def test_overlay_write_error_for_one_image_is_listed_and_the_rest_written(pipe, tmp_path, monkeypatch, capsys):
+    d = pipe["dir"]
+    victim = sorted(pipe["sizes"])[2]
+    real = cxrdet.inference.infer.write_overlay
+
+    def flaky(vis_dir, image_id, *a, **k):
+        if image_id == victim:
+            raise OSError(28, "No space left on device", f"{vis_dir}/{image_id}.png")
+        return real(vis_dir, image_id, *a, **k)
+
+    # a batch of 3 holds the victim and two others, which must survive it
+    assert infer(pipe, "--cache", d / "test.h5", "--batch-size", 3, "--out", tmp_path / "clean.csv") == 0
+    monkeypatch.setattr(cxrdet.inference.infer, "write_overlay", flaky)
+    rc = infer(pipe, "--cache", d / "test.h5", "--batch-size", 3, "--vis-dir", tmp_path / "vis",
+               "--image-level-out", tmp_path / "il.csv", "--out", tmp_path / "sub.csv")
+    assert rc == 3
+    errors = pd.read_csv(tmp_path / "sub.errors.csv")
+    assert errors["item"].tolist() == [victim]
+    assert "overlay" in errors["reason"][0] and "No space left" in errors["reason"][0]
+    assert victim in capsys.readouterr().err
+    rows = _rows(tmp_path / "sub.csv")
+    assert sorted(rows) == sorted(set(pipe["sizes"]) - {victim})
+    assert rows == {k: v for k, v in _rows(tmp_path / "clean.csv").items() if k != victim}
+    assert victim not in set(pd.read_csv(tmp_path / "il.csv", dtype={"image_id": str})["image_id"])
+    assert len(list((tmp_path / "vis").glob("*.png"))) == len(pipe["sizes"]) - 1
+
+
+def test_a_detector_failure_lists_its_batch_and_the_other_batches_are_written(pipe, tmp_path, monkeypatch):
+    real, calls = cxrdet.detector.predict.predict, []
+
+    def fails_first(model, images):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(model, images)
+
+    monkeypatch.setattr(cxrdet.detector.predict, "predict", fails_first)
+    rc = infer(pipe, "--cache", pipe["dir"] / "test.h5", "--batch-size", 2, "--out", tmp_path / "sub.csv")
+    assert rc == 3
+    first_batch = sorted(pipe["sizes"])[:2]  # the cache lists ids sorted
+    errors = pd.read_csv(tmp_path / "sub.errors.csv")
+    assert sorted(errors["item"]) == first_batch
+    assert errors["reason"].str.contains("detector failed on its batch: RuntimeError: CUDA out of memory").all()
+    assert sorted(_rows(tmp_path / "sub.csv")) == sorted(pipe["sizes"])[2:]
+
+
+# --- PNG inputs: ids of the sizes CSV and of the folder must agree ------------------------------
+
+def test_png_size_rows_without_png_and_png_without_size_row_are_listed(pipe, tmp_path):
+    png = tmp_path / "png"
+    png.mkdir()
+    rows = []
+    with CacheReader(pipe["dir"] / "test.h5") as cache:
+        for image_id in cache.ids:
+            image, attrs = cache.read(image_id)
+            cv2.imwrite(str(png / f"{image_id}.png"), image)
+            rows.append((image_id, attrs["orig_height"], attrs["orig_width"]))
+    unsized = rows.pop()[0]  # its PNG stays, its size row goes
+    rows.append(("ghost", 2000, 1800))  # a size row with no PNG
+    (png / "corrupt.png").write_bytes(b"\x89PNG broken")  # unreadable AND without a size row
+    pd.DataFrame(rows, columns=["image_id", "dim0", "dim1"]).to_csv(tmp_path / "sizes.csv", index=False)
+    assert infer(pipe, "--png-dir", png, "--png-sizes", tmp_path / "sizes.csv", "--out", tmp_path / "sub.csv",
+                 gate=False) == 3
+    reasons = pd.read_csv(tmp_path / "sub.errors.csv").set_index("item")["reason"].to_dict()
+    assert sorted(reasons) == sorted(["ghost", unsized, "corrupt"])
+    assert "no " in reasons["ghost"] and "ghost.png" in reasons["ghost"]
+    assert "no row for this image" in reasons[unsized] and "sizes.csv" in reasons[unsized]
+    assert "not a readable PNG" in reasons["corrupt"]  # unreadable is said first, not "no size row"
+    assert not any(r.startswith(("KeyError", "'")) for r in reasons.values())
+    assert sorted(_rows(tmp_path / "sub.csv")) == sorted(set(pipe["sizes"]) - {unsized})
