@@ -159,6 +159,26 @@ def test_shards_merged_equal_the_unsharded_run(pipe, tmp_path):
                "--image-level-out", tmp_path / "all_il.csv", "--expect", 6) == 0
     assert (tmp_path / "all.csv").read_bytes() == (d / "sub.csv").read_bytes()
     assert (tmp_path / "all_il.csv").read_bytes() == (d / "il.csv").read_bytes()
+    runs = read_provenance(provenance_path(tmp_path / "all.csv"))  # merged from the shards' records
+    assert [r["shard"] for r in runs] == ["0/2", "1/2"]
+    assert sorted(sum((r["image_ids"] for r in runs), [])) == sorted(pipe["sizes"])
+
+
+def test_oof_detections_carry_provenance_and_the_gate_checked_them_strictly(pipe, tmp_path, capsys):
+    import json
+
+    d = pipe["dir"]
+    (run,) = read_provenance(provenance_path(d / "oof.csv"))
+    folds = pd.read_csv(d / "folds.csv", dtype={"image_id": str})
+    assert run["fold"] == 0 and run["image_ids"] == sorted(folds.loc[folds["fold"] == 0, "image_id"])
+    assert run["models"] == [{"artifact": str(pipe["model"].resolve()), "folds": str((d / "folds.csv").resolve()),
+                              "fold": 0}]
+    check = json.loads((d / "gate" / "report.json").read_text())["detector_oof_check"]
+    assert check["strict"] is True and check["n_images_checked"] == len(run["image_ids"])
+    # predicting the fold this detector trained on is flagged at once
+    assert infer(pipe, "--cache", d / "train.h5", "--folds", d / "folds.csv", "--fold", 1,
+                 "--out", tmp_path / "in_fold.csv", gate=False) == 0
+    assert "these detections are in-fold" in capsys.readouterr().err
 
 
 def test_ids_that_would_escape_the_overlay_folder_are_refused(pipe, tmp_path, capsys):

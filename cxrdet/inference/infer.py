@@ -345,6 +345,18 @@ def announce(args, source: ImageSource, models: list, settings, device, gate: Ga
             "original size, so its P(abnormal) is less accurate than from DICOM files or a cache")
 
 
+def warn_if_in_fold(args, records: list[dict]) -> None:
+    """--folds/--fold asks for out-of-fold detections: say so early when a detector trained on
+    that fold (train-gate would refuse the result later, after the whole run)."""
+    if not args.folds:
+        return
+    folds = str(Path(args.folds).resolve())
+    for r in records:
+        if r["folds"] == folds and r["fold"] != args.fold:
+            log(f"warning: --fold {args.fold}, but detector {r['artifact']} held out fold {r['fold']} of {folds} "
+                f"and trained on fold {args.fold}: these detections are in-fold (train-gate will refuse them)")
+
+
 def log(message: str) -> None:
     print(f"infer: {message}", file=sys.stderr)
 
@@ -358,6 +370,7 @@ def main(args: argparse.Namespace) -> int:
     if args.vis_dir:
         check_vis_names(args.vis_dir, source.ids)
     announce(args, source, models, settings, device, gate)
+    warn_if_in_fold(args, records)
     start = time.perf_counter()
     out = run_inference(source, models, gate, args)
     elapsed = time.perf_counter() - start
