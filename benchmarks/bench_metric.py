@@ -22,6 +22,12 @@ another unmatched box (counted below). Then times the whole ``cxrdet evaluate`` 
 subprocess: interpreter start, CSV parsing, scoring, JSON) on the same set written as CSVs.
 
     python3 benchmarks/bench_metric.py [--images 3000] [--seed 0] [--repeat 5]
+
+Measured 2026-11-23 on the 2-core dev box (3,000 images, 50,505 detections, best of 5):
+cxrdet 0.038 s (voc rule 0.036 s), map-boxes 0.411 s, pycocotools 3.61 s: 10.9x (11.5x) faster
+than map-boxes; voc-rule mAP equals map-boxes' within 1.1e-16, the default rule is 1.55e-4
+higher (2 detections TP under DESIGN.md's rule, FP under VOC's); pycocotools 7.5e-4 lower.
+The whole `cxrdet evaluate` command on the same CSVs: 0.53 s.
 """
 
 from __future__ import annotations

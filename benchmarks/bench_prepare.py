@@ -16,6 +16,8 @@ with ``taskset -c 0,1``: --size 1024: baseline 2.15 img/s, prepare --workers 2 4
 (2.18x), --workers 1 2.74 img/s (1.27x); --size 512: 2.25 vs 8.32 img/s (3.70x; the reduced
 JPEG 2000 decode does most of it). On the shared 2-core dev box (load average 4-6 from other
 jobs) the same run gave 1.37x: two workers cannot get two cores there.
+Re-measured 2026-11-23 on the 2-core dev box (quiet, load ~1.4), same 32 files, --size 1024:
+baseline 3.61 img/s, prepare --workers 2 7.80 img/s (2.16x), --workers 1 4.86 img/s (1.35x).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ best run counts (the least disturbed by other processes). Prints images/s of bot
     python benchmarks/bench_train.py                      # synthetic 256 px data, light model, CPU
     python benchmarks/bench_train.py --accelerator gpu --model fasterrcnn_resnet50_fpn --size 1024 \
         --precision 16-mixed --batch-size 4 --workers 4
+
+Measured 2026-11-23 on the 2-core dev box, defaults (R18-FPN light model, 256 px, batch 2,
+32-true, 20 timed steps x 2 runs): plain loop 3.97 img/s, Lightning 3.93 img/s, ratio 0.989x.
 """
 
 from __future__ import annotations
