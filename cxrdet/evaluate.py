@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", help="META.csv (image_id,rows,columns): check ground-truth boxes lie inside")
     p.add_argument("--iou-thr", type=float, default=IOU_THR, help="a match needs IoU strictly above this")
     p.add_argument("--match", choices=MATCH_MODES, default="unmatched",
-                   help="'unmatched': best still-unmatched box (DESIGN.md); 'voc': VOC devkit/map-boxes rule")
+                   help="'unmatched': each detection takes its best still-unmatched box; 'voc': VOC devkit/map-boxes rule")
     return p
 
 

@@ -143,7 +143,7 @@ def read_labels(path: os.PathLike | str, image_sizes: dict[str, tuple[int, int]]
         lines = physical_lines(path, len(df))
         raise bad_rows_error(
             path, [(int(lines[i]), reason) for i, reason in problems],
-            "Fix these rows (DESIGN.md §3: one row per box per reader; 'No finding' rows have "
+            "Fix these rows (VinBigData train.csv: one row per box per reader; 'No finding' rows have "
             "class_id 14 and empty coordinates), then rerun.",
         )
     out = pd.DataFrame({

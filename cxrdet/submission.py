@@ -26,6 +26,8 @@ from cxrdet.errors import UserError
 from cxrdet.labels import bad_rows_error
 
 HEADER = ["image_id", "PredictionString"]
+FIX_ROWS = ("Fix these rows (a PredictionString is groups of 'class_id confidence x_min y_min x_max "
+            "y_max' in original pixels; 'No finding' is '14 p 0 0 1 1'), then rerun.")
 DECIMALS = 4  # 1e-4 px and 1e-4 confidence: far below what changes an IoU or the ranking much
 
 
@@ -313,7 +315,7 @@ def read_submission(path: os.PathLike | str, *, with_ids: bool = False):
                 parse_prediction_string(" ".join(t))
             except PredictionStringError as e:
                 problems.append((line, str(e)))
-        raise bad_rows_error(path, problems, "Fix these rows (DESIGN.md §4), then rerun.") from None
+        raise bad_rows_error(path, problems, FIX_ROWS) from None
     row_of_group = np.repeat(np.arange(len(ids)), counts)
     reported: set[int] = set()
     for k, reason in group_problems(v):
@@ -323,7 +325,7 @@ def read_submission(path: os.PathLike | str, *, with_ids: bool = False):
             first = k - int(np.searchsorted(row_of_group, row))
             problems.append((lines[row], reason.replace(f"box {k + 1} ", f"box {first + 1} ", 1)))
     if problems:
-        raise bad_rows_error(path, problems, "Fix these rows (DESIGN.md §4), then rerun.")
+        raise bad_rows_error(path, problems, FIX_ROWS)
     frame = pd.DataFrame({"image_id": np.repeat(np.array(ids, dtype=object), counts),
                           "class_id": v[:, 0].astype(np.int64), "score": v[:, 1]})
     frame[["x_min", "y_min", "x_max", "y_max"]] = v[:, 2:]

@@ -97,7 +97,7 @@ def test_train_gate_without_detections_keeps_default_thresholds(data, tmp_path):
     assert train_gate(data, out, "--no-pixel") == 0
     report = json.loads((out / "report.json").read_text())
     assert (report["thresholds"]["low"], report["thresholds"]["high"]) == (0.08, 0.95)
-    assert "DESIGN.md defaults" in report["thresholds"]["source"]
+    assert "standard defaults" in report["thresholds"]["source"]
     assert list(report["ablation_oof_auc"]) == ["metadata"]
     assert all(n.startswith("meta_") for n in GateClassifier.load(out).feature_names_)
 

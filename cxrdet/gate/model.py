@@ -102,7 +102,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         self.cv_auc_ = float(roc_auc_score(y, oof))
         self.n_train_ = int(len(y))
         self.n_abnormal_ = int(y.sum())
-        self.set_thresholds(DEFAULT_LOW, DEFAULT_HIGH, "DESIGN.md defaults")
+        self.set_thresholds(DEFAULT_LOW, DEFAULT_HIGH, "the standard defaults (VinBigData 2-class filter)")
         return self
 
     def _fold_ids(self, y: np.ndarray, folds: np.ndarray | None) -> np.ndarray:

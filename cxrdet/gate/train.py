@@ -58,7 +58,7 @@ example (3 folds):
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Train the XGBoost normal/abnormal gate (DESIGN.md §6) on metadata, pixel "
+        description="Train the XGBoost normal/abnormal gate (the 2-class filter) on metadata, pixel "
         "features and optionally out-of-fold detector evidence.",
         epilog=OOF_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -185,7 +185,7 @@ def choose_thresholds(args, gate: GateClassifier, dets, p_oof: pd.Series, labels
     """Tune low/high on the OOF P(abnormal) with the detections; else DESIGN.md defaults."""
     info: dict = {}
     low, high = DEFAULT_LOW, DEFAULT_HIGH
-    source = "DESIGN.md defaults: no --detections given, so nothing to tune on"
+    source = "the standard defaults: no --detections given, so nothing to tune on"
     if dets is not None:
         from cxrdet.gate_rules import DEFAULT_HIGHS, DEFAULT_LOWS, tune_thresholds
 
