@@ -51,7 +51,7 @@ from pycocotools.cocoeval import COCOeval
 from cxrdet.classes import CLASS_NAMES, NO_FINDING
 from cxrdet.detections import DET_COLUMNS, Detections
 from cxrdet.metrics import GroundTruth, evaluate_detections, match_detections
-from cxrdet.submission import write_submission
+from cxrdet.formats.submission import write_submission
 
 # Images marked by >= 2 of 3 readers per finding (VINBIGDATA.md): the test-set class mix.
 CLASS_FREQ = np.array([2346, 62, 177, 1817, 121, 152, 245, 547, 405, 362, 634, 882, 58, 1017], float)

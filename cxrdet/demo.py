@@ -121,8 +121,8 @@ def fold_labels(labels_csv: Path, folds_csv: Path, fold: int, out_csv: Path) -> 
 
 def write_all_normal(test_meta: Path, out_csv: Path) -> Path:
     """The baseline: every test image predicted ``14 1 0 0 1 1``."""
-    from cxrdet.gate_rules import normal_detection
-    from cxrdet.submission import write_submission
+    from cxrdet.gate.rules import normal_detection
+    from cxrdet.formats.submission import write_submission
 
     ids = sorted(pd.read_csv(test_meta, dtype={"image_id": str})["image_id"])
     return write_submission(out_csv, {i: normal_detection(1.0) for i in ids}, ids)

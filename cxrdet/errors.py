@@ -1,18 +1,15 @@
-"""User-facing errors and per-input failure lists (DESIGN.md §8 exit codes).
+"""User-facing errors and exit codes (0 ok, 2 bad usage or input, 3 finished with failed inputs).
 
 ``UserError`` stops a run: the CLI prints its message (no traceback) and exits 2. Its message
 must name the file (and line, where there is one), what was expected versus found, and the fix.
 
-``FailureLog`` collects inputs that failed while the rest of the run went on; the command
-writes it as an errors CSV, lists it on stderr and exits 3.
+Inputs that fail while the rest of the run goes on are collected in
+``cxrdet.formats.failures.FailureLog`` (errors CSV, stderr list, exit 3).
 """
 
 from __future__ import annotations
 
-import csv
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 EXIT_OK = 0
@@ -44,46 +41,6 @@ def failure_reason(e: BaseException) -> str:
     if isinstance(e, (UserError, InputFailure)):
         return message
     return f"{type(e).__name__}: {message}" if message else type(e).__name__
-
-
-@dataclass
-class FailureLog:
-    """Inputs that failed (``item`` = file or image id) with a one-line reason each."""
-
-    rows: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, item: str, reason: str) -> None:
-        self.rows.append((str(item), " ".join(str(reason).split())))
-
-    def extend(self, other: "FailureLog") -> None:
-        self.rows.extend(other.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def write_csv(self, path: str | os.PathLike) -> Path:
-        """Write ``item,reason`` rows (header even when empty, so a clean run is visible)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["item", "reason"])
-            w.writerows(self.rows)
-        return path
-
-    def report(self, csv_path: str | os.PathLike | None = None, limit: int = 20) -> int:
-        """Print the failures to stderr, write the CSV, and return the exit code (0 or 3)."""
-        if csv_path is not None:
-            self.write_csv(csv_path)
-        if not self.rows:
-            return EXIT_OK
-        where = f" (all listed in {csv_path})" if csv_path is not None else ""
-        print(f"{len(self.rows)} input(s) failed{where}:", file=sys.stderr)
-        for item, reason in self.rows[:limit]:
-            print(f"  {item}: {reason}", file=sys.stderr)
-        if len(self.rows) > limit:
-            print(f"  ... and {len(self.rows) - limit} more", file=sys.stderr)
-        return EXIT_PARTIAL
 
 
 def safe_child(root: str | os.PathLike, name: str, suffix: str = "") -> Path:

@@ -21,9 +21,9 @@ import pandas as pd
 
 from cxrdet.classes import CLASS_NAMES, NO_FINDING, NUM_CLASSES, NUM_FINDINGS
 from cxrdet.errors import UserError
-from cxrdet.labels import image_level_labels, image_sizes_from_meta, read_labels
+from cxrdet.formats.labels import image_level_labels, image_sizes_from_meta, read_labels
 from cxrdet.metrics import IOU_THR, MATCH_MODES, MetricResult, MetricWarning, evaluate_detections
-from cxrdet.submission import read_submission
+from cxrdet.formats.submission import read_submission
 
 FUSION_CHOICES = ("wbf", "nms", "consensus", "none")  # cxrdet.fusion.FUSION_METHODS, not imported (numba)
 
@@ -68,7 +68,7 @@ def image_auc(gt: pd.DataFrame, path: str, messages: list[str]) -> dict:
     """Image-level ROC AUC per finding (p_k vs 'any reader marked class k') and abnormal vs normal."""
     from sklearn.metrics import roc_auc_score
 
-    from cxrdet.inference.image_level import read_image_level
+    from cxrdet.formats.image_level import read_image_level
 
     probs = read_image_level(path).set_index("image_id")
     y = image_level_labels(gt)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from cxrdet.boxes import denormalize_boxes, normalize_boxes
 from cxrdet.classes import CLASS_NAMES, NO_FINDING
-from cxrdet.labels import COORD_COLUMNS, LABEL_COLUMNS
+from cxrdet.formats.labels import COORD_COLUMNS, LABEL_COLUMNS
 
 FUSION_METHODS = ("wbf", "nms", "consensus", "none")
 FUSED_RAD_ID = "fused"
@@ -84,7 +84,7 @@ def fuse_readers(labels: pd.DataFrame, method: str = "wbf", iou_thr: float = 0.5
                  skip_box_thr: float = 0.0) -> pd.DataFrame:
     """Fuse the readers' boxes per image and class (module docstring); returns a label frame.
 
-    Same columns as :func:`cxrdet.labels.read_labels`, ``rad_id`` = ``"fused"``; images keep
+    Same columns as :func:`cxrdet.formats.labels.read_labels`, ``rad_id`` = ``"fused"``; images keep
     their first-seen order, boxes are sorted by class within an image, and every input image
     appears (normal ones with one class-14 row).
     """

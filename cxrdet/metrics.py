@@ -248,7 +248,7 @@ def evaluate_detections(gt_labels_df: pd.DataFrame, det_df: pd.DataFrame, iou_th
                         pred_image_ids: Iterable[str] | None = None) -> MetricResult:
     """Score detections against ground-truth labels (see the module docstring for the rules).
 
-    ``gt_labels_df``: a label frame (:func:`cxrdet.labels.read_labels`); its images are the
+    ``gt_labels_df``: a label frame (:func:`cxrdet.formats.labels.read_labels`); its images are the
     evaluated set. ``det_df``: :data:`DET_COLUMNS` in original pixels. ``pred_image_ids``: the
     images that had a prediction row (an empty PredictionString has no detection rows); by
     default the image ids present in ``det_df``.

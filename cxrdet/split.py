@@ -1,6 +1,6 @@
 """``cxrdet split``: multilabel-stratified K-fold split of a label CSV, by image.
 
-Stratifies over the 15 image-level labels (:func:`cxrdet.labels.image_level_labels`) with
+Stratifies over the 15 image-level labels (:func:`cxrdet.formats.labels.image_level_labels`) with
 iterative-stratification, so rare findings (Pneumothorax, Atelectasis) land in every fold that
 their count allows. Writes ``image_id,fold`` (fold in 0..K-1) and prints per-fold class counts.
 """
@@ -15,8 +15,8 @@ import pandas as pd
 
 from cxrdet.classes import CLASS_NAMES
 from cxrdet.errors import UserError
-from cxrdet.labels import image_level_labels, read_labels
-from cxrdet.submission import atomic_write_csv
+from cxrdet.formats.labels import image_level_labels, read_labels
+from cxrdet.formats.submission import atomic_write_csv
 
 
 def make_folds(labels: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from cxrdet.cli import run_main
-from cxrdet.errors import FailureLog
+from cxrdet.formats.failures import FailureLog
 from cxrdet.preprocess.metadata import collect_metadata
 from cxrdet.preprocess.prepare import list_dicoms, parse_shard
 

@@ -22,9 +22,9 @@ import cxrdet.inference.infer
 from cxrdet.cli import main as cli
 from cxrdet.detections import Detections
 from cxrdet.dicomio.write import write_dicom
-from cxrdet.inference.provenance import provenance_path, read_provenance
+from cxrdet.formats.provenance import provenance_path, read_provenance
 from cxrdet.preprocess.cache import CacheReader
-from cxrdet.submission import read_submission
+from cxrdet.formats.submission import read_submission
 from test_infer_units import _bright_bbox
 
 pytestmark = pytest.mark.slow

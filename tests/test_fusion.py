@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrdet.fusion import fuse_readers
-from cxrdet.labels import LABEL_COLUMNS, labels_frame
+from cxrdet.formats.labels import LABEL_COLUMNS, labels_frame
 
 
 def box(image_id, class_id, rad, b):

@@ -14,7 +14,7 @@ from cxrdet.gate.features import build_features
 from cxrdet.gate.inputs import abnormal_targets, read_detections
 from cxrdet.gate.model import GateClassifier
 from cxrdet.gate.train import get_args_parser
-from cxrdet.labels import labels_frame
+from cxrdet.formats.labels import labels_frame
 
 FAST = ["--n-estimators", "60", "--learning-rate", "0.15", "--early-stopping", "10", "--workers", "1",
         "--n-folds", "3"]
@@ -147,7 +147,7 @@ def test_in_fold_detections_are_refused(data, tmp_path, capsys):
 
 def _provenance(det_csv, runs_by_fold: dict[int, list[str]], folds_csv) -> None:
     """A provenance record: the detector trained with validation fold k predicted runs_by_fold[k]."""
-    from cxrdet.inference.provenance import write_provenance
+    from cxrdet.formats.provenance import write_provenance
 
     runs = [{"models": [{"artifact": f"/runs/f{k}/export", "folds": str(folds_csv), "fold": k}],
              "folds": str(folds_csv), "fold": k, "shard": None, "tta": "none", "image_ids": ids}

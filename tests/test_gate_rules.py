@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cxrdet.detections import Detections
-from cxrdet.gate_rules import apply_gate, normal_detection, tune_thresholds
-from cxrdet.labels import labels_frame
+from cxrdet.gate.rules import apply_gate, normal_detection, tune_thresholds
+from cxrdet.formats.labels import labels_frame
 from cxrdet.metrics import detections_to_frame, evaluate_detections
 
 BOX = [10.0, 10.0, 50.0, 50.0]

@@ -8,9 +8,9 @@ import pytest
 
 from cxrdet.cli import main as cli
 from cxrdet.detections import Detections
-from cxrdet.inference.image_level import image_level_frame, image_level_row, write_image_level
+from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
 from cxrdet.inference.sources import select_shard
-from cxrdet.submission import write_submission
+from cxrdet.formats.submission import write_submission
 
 IDS = [f"img{i:02d}" for i in range(7)]
 SIZES = {k: (400 + 10 * i, 300) for i, k in enumerate(IDS)}
@@ -96,7 +96,7 @@ def test_shard_errors_are_merged_once_each_and_exit_3(tmp_path, capsys):
 
 
 def test_provenance_records_are_merged_and_a_missing_one_means_none(tmp_path, capsys):
-    from cxrdet.inference.provenance import provenance_path, read_provenance, write_provenance
+    from cxrdet.formats.provenance import provenance_path, read_provenance, write_provenance
 
     _, subs, _ = _write_shards(tmp_path, 2)
     for i, sub in enumerate(subs):

@@ -11,7 +11,7 @@ import pytest
 from cxrdet.boxes import resized_hw
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
-from cxrdet.inference.image_level import (
+from cxrdet.formats.image_level import (
     IMAGE_LEVEL_COLUMNS,
     class_max_scores,
     image_level_frame,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrdet.errors import UserError
-from cxrdet.labels import (
+from cxrdet.formats.labels import (
     LABEL_COLUMNS, image_level_labels, image_sizes_from_meta, labels_by_image, read_labels,
 )
 

@@ -17,7 +17,8 @@ from cxrdet.boxes import resized_hw
 from cxrdet.cli import main
 from cxrdet.dicomio.meta import META_COLUMNS
 from cxrdet.dicomio.write import write_dicom
-from cxrdet.errors import FailureLog, UserError
+from cxrdet.errors import UserError
+from cxrdet.formats.failures import FailureLog
 from cxrdet.preprocess.cache import CacheReader, CacheSettings, CacheWriter, partial_path
 from cxrdet.preprocess.prepare import parse_shard, run_prepare
 

@@ -8,7 +8,7 @@ import pytest
 
 from cxrdet.cli import main as cli_main
 from cxrdet.errors import UserError
-from cxrdet.labels import labels_frame
+from cxrdet.formats.labels import labels_frame
 from cxrdet.split import fold_class_counts, make_folds
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cxrdet.detections import DET_COLUMNS, Detections
 from cxrdet.errors import UserError
-from cxrdet.submission import (
+from cxrdet.formats.submission import (
     PredictionStringError, format_prediction_string, parse_prediction_string, read_submission,
     write_submission,
 )

@@ -14,7 +14,7 @@ import pytest
 from cxrdet import cli
 from cxrdet.classes import CLASS_NAMES, NO_FINDING
 from cxrdet.errors import UserError
-from cxrdet.labels import read_labels
+from cxrdet.formats.labels import read_labels
 from cxrdet.synth import SynthConfig, generate_dataset
 from cxrdet.synth.acquisition import encode
 from cxrdet.synth.dataset import render_image

@@ -24,6 +24,7 @@ from cxrdet.classes import NO_FINDING, class_to_label
 from cxrdet.detector.config import DetectorConfig
 from cxrdet.detector.transforms import AugmentSettings, augment
 from cxrdet.errors import UserError
+from cxrdet.formats.folds import read_folds
 
 COORDS = ["x_min", "y_min", "x_max", "y_max"]
 SHOWN_IDS = 10  # missing ids listed in an error message; the count is always given
@@ -45,21 +46,6 @@ class TrainingTable:
 def _missing_error(ids: list[str], what: str, fix: str) -> UserError:
     shown = ", ".join(sorted(ids)[:SHOWN_IDS]) + (" ..." if len(ids) > SHOWN_IDS else "")
     return UserError(f"{len(ids)} image id(s) {what}: {shown}. {fix}")
-
-
-def read_folds(path: str | os.PathLike) -> dict[str, int]:
-    """image_id -> fold from a FOLDS.csv written by ``cxrdet split``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"folds file {path} does not exist; make it with `cxrdet split --labels CSV --out {path}`")
-    df = pd.read_csv(path, dtype={"image_id": str})
-    if list(df.columns[:2]) != ["image_id", "fold"]:
-        raise UserError(f"{path}:1: expected columns image_id,fold, found {list(df.columns)}")
-    folds = pd.to_numeric(df["fold"], errors="coerce")
-    bad = np.flatnonzero(~np.isfinite(folds.to_numpy(dtype=float)))
-    if len(bad):
-        raise UserError(f"{path}:{bad[0] + 2}: fold {df['fold'].iat[bad[0]]!r} is not an integer")
-    return dict(zip(df["image_id"].str.strip(), folds.astype(int)))
 
 
 def _open_cache(path: str):
@@ -85,7 +71,7 @@ def _cache_info(path: str) -> tuple[dict[str, HW], int, str]:
 def load_table(cfg: DetectorConfig) -> TrainingTable:
     """Read cache, labels and folds; check their ids against each other; fuse and scale boxes."""
     from cxrdet.fusion import fuse_readers
-    from cxrdet.labels import read_labels
+    from cxrdet.formats.labels import read_labels
 
     sizes, cache_size, cache_voi = _cache_info(cfg.cache)
     labels = read_labels(cfg.labels, image_sizes=sizes)

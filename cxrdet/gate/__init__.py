@@ -8,5 +8,5 @@ statistics and, optionally, the detector's own out-of-fold evidence.
 - :mod:`cxrdet.gate.report`: ``report.json`` and the report picture.
 
 Inference: ``GateClassifier.load(dir).p_abnormal(build_features(meta, px, dets))`` then
-``cxrdet.gate_rules.apply_gate`` with the saved ``low_`` / ``high_``.
+``cxrdet.gate.rules.apply_gate`` with the saved ``low_`` / ``high_``.
 """

@@ -44,7 +44,7 @@ def read_pixel_table(meta: Path, pixel_features: str | None) -> pd.DataFrame:
 
 
 def read_training_labels(path: Path) -> pd.DataFrame:
-    from cxrdet.labels import read_labels
+    from cxrdet.formats.labels import read_labels
 
     return read_labels(path)
 
@@ -105,7 +105,7 @@ def read_detections(path: Path, ids: list[str]) -> dict[str, Detections]:
     with open(path, newline="") as f:
         header = [h.strip() for h in f.readline().strip().split(",")]
     if header == ["image_id", "PredictionString"]:
-        from cxrdet.submission import read_submission
+        from cxrdet.formats.submission import read_submission
 
         frame, listed = read_submission(path, with_ids=True)
     else:
@@ -140,7 +140,7 @@ def check_out_of_fold(runs: list[str], dets: dict[str, Detections], det_path: Pa
     against the detector(s) that predicted it. Without one, only a weak check is possible: an
     image passes when ANY given --detector-run held it out (or, with no run, a warning).
     """
-    from cxrdet.inference.provenance import provenance_path, read_provenance
+    from cxrdet.formats.provenance import provenance_path, read_provenance
 
     record = provenance_path(det_path)
     if record.is_file():

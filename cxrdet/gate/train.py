@@ -187,7 +187,7 @@ def choose_thresholds(args, gate: GateClassifier, dets, p_oof: pd.Series, labels
     low, high = DEFAULT_LOW, DEFAULT_HIGH
     source = "the standard defaults: no --detections given, so nothing to tune on"
     if dets is not None:
-        from cxrdet.gate_rules import DEFAULT_HIGHS, DEFAULT_LOWS, tune_thresholds
+        from cxrdet.gate.rules import DEFAULT_HIGHS, DEFAULT_LOWS, tune_thresholds
 
         p = {str(i): float(v) for i, v in p_oof.items()}
         full = {i: dets.get(i, Detections.empty()) for i in p}
@@ -207,7 +207,7 @@ def choose_thresholds(args, gate: GateClassifier, dets, p_oof: pd.Series, labels
 
 def add_gated_map(ablation: dict, ids: list[str], dets: dict[str, Detections], labels) -> None:
     """Best gated mAP@0.4 per feature set (each tuned on its own OOF p): what each group adds."""
-    from cxrdet.gate_rules import DEFAULT_HIGHS, DEFAULT_LOWS, tune_thresholds
+    from cxrdet.gate.rules import DEFAULT_HIGHS, DEFAULT_LOWS, tune_thresholds
 
     full = {i: dets.get(i, Detections.empty()) for i in ids}
     for r in ablation.values():
@@ -219,7 +219,7 @@ def add_gated_map(ablation: dict, ids: list[str], dets: dict[str, Detections], l
 
 def gated_vs_ungated(dets: dict[str, Detections], p: dict[str, float], labels, low, high) -> dict:
     """mAP@0.4 of the detections as they are and after the gate, on the same images."""
-    from cxrdet.gate_rules import apply_gate
+    from cxrdet.gate.rules import apply_gate
     from cxrdet.metrics import detections_to_frame, evaluate_detections
 
     gated = {i: apply_gate(d, p[i], low, high) for i, d in dets.items()}

@@ -4,7 +4,7 @@ inputs (DICOM folder | HDF5 cache | PNGs + sizes CSV) -> DataLoader (workers) ->
 optional hflip TTA, fused with WBF (cache pixels) -> ORIGINAL DICOM pixels, clipped -> gate
 (DESIGN.md §6, stored thresholds unless overridden) -> submission (atomic, every image once),
 plus an image-level CSV, overlays, an errors CSV and a provenance record (which detector
-artifacts, trained on which folds, predicted which images: :mod:`cxrdet.inference.provenance`).
+artifacts, trained on which folds, predicted which images: :mod:`cxrdet.formats.provenance`).
 
 A failed image (unreadable, or failing later: the forward pass of its batch, its box mapping,
 its overlay) is listed in the errors CSV with its reason, the run goes on, and the exit code is
@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 from cxrdet.boxes import HW
 from cxrdet.detections import Detections
-from cxrdet.errors import FailureLog, InputFailure, UserError, failure_reason, safe_child
-from cxrdet.inference.image_level import image_level_frame, image_level_row, write_image_level
+from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
+from cxrdet.formats.failures import FailureLog
+from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
 from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
-from cxrdet.inference.provenance import model_record, write_provenance
+from cxrdet.formats.provenance import model_record, write_provenance
 from cxrdet.inference.sources import (
     CacheSource,
     DicomFolderSource,
@@ -264,7 +265,7 @@ def record_image(s: Sample, det: Detections, p, gate: GateRuntime | None, args, 
 
     Recording comes last, so an image that fails on the way is not half in the outputs.
     """
-    from cxrdet.gate_rules import apply_gate
+    from cxrdet.gate.rules import apply_gate
 
     final = apply_gate(det, float(p), gate.low, gate.high) if gate else det
     row = image_level_row(s.image_id, det, p)
@@ -306,8 +307,8 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
 
 def write_outputs(args, out: Outputs, models: list[dict]) -> None:
     """Submission (atomic, sorted ids), its provenance record and the image-level CSV."""
-    from cxrdet.gate_rules import normal_detection
-    from cxrdet.submission import write_submission
+    from cxrdet.gate.rules import normal_detection
+    from cxrdet.formats.submission import write_submission
 
     run = {"models": models, "folds": str(Path(args.folds).resolve()) if args.folds else None,
            "fold": args.fold, "shard": args.shard, "tta": args.tta,

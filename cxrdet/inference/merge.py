@@ -32,8 +32,9 @@ import os
 import sys
 from pathlib import Path
 
-from cxrdet.errors import FailureLog, UserError
-from cxrdet.inference.provenance import collect_provenance, write_merged_provenance
+from cxrdet.errors import UserError
+from cxrdet.formats.failures import FailureLog
+from cxrdet.formats.provenance import collect_provenance, write_merged_provenance
 
 INTERRUPT_NOTE = ("outputs are written last, each whole (atomically), so any not yet written are missing, "
                   "never half-written; rerun the command")
@@ -124,7 +125,7 @@ def write_rows_atomic(path: str | os.PathLike, header: list[str], rows: list[lis
 
 
 def _check_prediction(path: str, line: int, row: list[str]) -> None:
-    from cxrdet.submission import parse_prediction_string
+    from cxrdet.formats.submission import parse_prediction_string
 
     try:
         parse_prediction_string(row[1], where=f"{path} line {line}")
@@ -165,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
             "a shard is missing or incomplete"
         )
     if args.image_level:
-        from cxrdet.inference.image_level import IMAGE_LEVEL_COLUMNS
+        from cxrdet.formats.image_level import IMAGE_LEVEL_COLUMNS
 
         il_head, il_rows = merge_rows(args.image_level, IMAGE_LEVEL_COLUMNS)
         check_image_level(il_rows, rows)

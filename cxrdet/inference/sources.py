@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrdet.boxes import HW, resized_hw
-from cxrdet.errors import FailureLog, InputFailure, UserError, failure_reason
+from cxrdet.errors import InputFailure, UserError, failure_reason
+from cxrdet.formats.failures import FailureLog
 
 class Sample(NamedTuple):
     """One input image, ready for the detector (``image`` is None when ``error`` is set)."""

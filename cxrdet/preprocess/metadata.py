@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from cxrdet.dicomio.errors import BadDicomError
 from cxrdet.dicomio.meta import META_COLUMNS, read_metadata
-from cxrdet.errors import FailureLog
+from cxrdet.formats.failures import FailureLog
 from cxrdet.preprocess.cache import CacheReader
 from cxrdet.preprocess.features import pixel_features
 

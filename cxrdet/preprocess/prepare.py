@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from cxrdet.dicomio.intensity import VOI_CHOICES
 from cxrdet.dicomio.meta import DICOM_SUFFIXES, image_id_from_path
-from cxrdet.errors import FailureLog, UserError
+from cxrdet.errors import UserError
+from cxrdet.formats.failures import FailureLog
 from cxrdet.preprocess.cache import (CacheReader, CacheSettings, CacheWriter, check_settings,
                                      partial_path)
 from cxrdet.preprocess.outputs import check_output_files

@@ -23,7 +23,7 @@ from cxrdet.boxes import clip_boxes
 from cxrdet.classes import NO_FINDING, NORMAL_BOX, NUM_CLASSES
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
-from cxrdet.labels import bad_rows_error
+from cxrdet.formats.labels import bad_rows_error
 
 HEADER = ["image_id", "PredictionString"]
 FIX_ROWS = ("Fix these rows (a PredictionString is groups of 'class_id confidence x_min y_min x_max "
