@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("cxrdet.inference.infer", "batch inference -> submission CSV (+ overlays)"),
     "merge-submissions": ("cxrdet.inference.merge", "combine shard submissions into one CSV"),
     "evaluate": ("cxrdet.evaluate", "score a submission with the competition's mAP@0.4"),
+    "export-labels": ("cxrdet.ecosystem.export_labels", "fused training boxes + fold split as COCO or YOLO"),
+    "fuse": ("cxrdet.ecosystem.fuse", "fuse submissions of any framework (WBF, NMS, soft-NMS)"),
+    "export-onnx": ("cxrdet.ecosystem.onnx_export", "detector artifact -> ONNX file (onnxruntime on CPU)"),
     "demo": ("cxrdet.demo", "the whole pipeline end to end on synthetic data"),
 }
 
