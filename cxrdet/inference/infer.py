@@ -33,6 +33,7 @@ from cxrdet.formats.failures import FailureLog
 from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
 from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
+from cxrdet.inference.runtime import RUNTIMES, load_predictor, predict_fn
 from cxrdet.formats.provenance import model_record, write_provenance
 from cxrdet.inference.sources import (
     CacheSource,
@@ -57,7 +58,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "DICOM pixels (+ image-level CSV, overlays, errors CSV). Exit 3 if some images failed.",
     )
     p.add_argument("--model", action="append", required=True, metavar="ARTIFACT_DIR",
-                   help="exported detector (model.pt + config.json, e.g. RUN/export); repeat to ensemble (WBF)")
+                   help="exported detector (model.pt + config.json, e.g. RUN/export; with --runtime onnx a "
+                   "model.onnx from `cxrdet export-onnx` or a folder holding one); repeat to ensemble (WBF)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="torch = PyTorch on --device; onnx = onnxruntime on CPU (CPUExecutionProvider)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dicom-dir", help="folder of .dicom/.dcm files, preprocessed exactly as `cxrdet prepare`")
     src.add_argument("--cache", help="HDF5 cache from `cxrdet prepare` (its size/windowing must match the detector's)")
@@ -122,6 +126,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if not 0 < args.wbf_iou < 1:
         raise UserError(f"--wbf-iou must be in (0, 1), got {args.wbf_iou}")
+    if args.runtime == "onnx" and str(args.device).startswith("cuda"):
+        raise UserError("--runtime onnx runs on the CPU (onnxruntime's CPUExecutionProvider); drop --device "
+                        f"{args.device} or use --runtime torch")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,16 +139,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_detectors(dirs: list[str], device: torch.device) -> tuple[list, object, list[dict]]:
+def load_detectors(dirs: list[str], device: torch.device, runtime: str = "torch") -> tuple[list, object, list[dict]]:
     """Load every artifact; they must share the cache settings they were trained on.
 
     Also returns each artifact's provenance record (the split it was trained with)."""
-    from cxrdet.detector.export import load_detector
     from cxrdet.preprocess.cache import CacheSettings
 
     models, settings, records = [], None, []
     for d in dirs:
-        model, cfg = load_detector(d, map_location=device)
+        model, cfg = load_predictor(d, runtime, device)
         if not cfg.cache_size or not cfg.cache_voi:
             raise UserError(f"--model {d}: its config.json records no cache size/windowing (cache_size, "
                             "cache_voi); export it again with this version of `cxrdet train`")
@@ -152,7 +158,7 @@ def load_detectors(dirs: list[str], device: torch.device) -> tuple[list, object,
                 "ensembled detectors must share the cache size and windowing"
             )
         settings = these
-        models.append(model.to(device).eval())
+        models.append(model)
         records.append(model_record(d, cfg.folds, cfg.fold))
     return models, settings, records
 
@@ -254,9 +260,7 @@ def process_batch(samples: list[Sample], models: list, gate: GateRuntime | None,
 
 def detect_batch(samples: list[Sample], models: list, args) -> list[Detections]:
     """Fused detections (all models, TTA views) per sample, in cache pixels."""
-    from cxrdet.detector.predict import predict
-
-    fns = [lambda ims, m=m: predict(m, ims) for m in models]
+    fns = [predict_fn(m) for m in models]
     return predict_fused(fns, [s.image for s in samples], args.tta, FusionConfig(iou_thr=args.wbf_iou))
 
 
@@ -365,7 +369,7 @@ def log(message: str) -> None:
 def main(args: argparse.Namespace) -> int:
     check_args(args)
     device = resolve_device(args.device)
-    models, settings, records = load_detectors(args.model, device)
+    models, settings, records = load_detectors(args.model, device, args.runtime)
     gate = load_gate(args)
     source = build_source(args, settings, with_features=gate is not None and "pixel" in gate.groups)
     if args.vis_dir:
