@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrdet.errors import UserError
+from cxrdet.training.loggers import DEFAULT_LOGGERS, parse_loggers
 
 MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet18_fpn")
 OPTIMIZERS = ("sgd", "adamw")
@@ -94,6 +95,7 @@ class DetectorConfig:
     limit_train_batches: float = 1.0  # fraction (<=1) or count (>1) of batches; 1.0 = all
     limit_val_batches: float = 1.0  # the metric needs the whole fold: keep 1.0 for real runs
     log_every_n_steps: int = 20  # Lightning's default cadence is 50; 20 gives smoother curves
+    loggers: list[str] = field(default_factory=lambda: list(DEFAULT_LOGGERS))  # csv + tensorboard, as runs always wrote; mlflow on request
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,6 +128,10 @@ class DetectorConfig:
             raise UserError(f"{source}: anchor_sizes needs 5 values (one per FPN level), got {self.anchor_sizes}")
         if self.lr <= 0:
             raise UserError(f"{source}: lr must be > 0, got {self.lr}")
+        try:
+            parse_loggers(self.loggers)
+        except ValueError as e:
+            raise UserError(f"{source}: loggers: {e}") from None
 
     @property
     def pretrained(self) -> bool:

@@ -6,8 +6,9 @@ Run folder (``--out RUN_DIR``)::
     checkpoints/best.ckpt       best validation mAP@0.4
     checkpoints/last.ckpt       end of the latest epoch (what --resume continues from)
     hpc_ckpt_N.ckpt             Lightning's SLURM checkpoint before a requeue (also resumable)
-    logs/version_N/metrics.csv  CSVLogger
-    tb/version_N/               TensorBoard
+    logs/version_N/metrics.csv  CSVLogger         (--logger csv, default)
+    tb/version_N/               TensorBoard       (--logger tensorboard, default)
+    mlflow.db + mlartifacts/    local MLflow store (--logger mlflow; see cxrdet.training.loggers)
     export/model.pt + config.json   inference artifact from best.ckpt (see detector.export)
 
 Every flag defaults to the DetectorConfig value; with ``--resume`` the run's config.json is the
@@ -26,10 +27,12 @@ from pathlib import Path
 from cxrdet.detector.config import FUSIONS, MODELS, OPTIMIZERS, DetectorConfig
 from cxrdet.detector.resume import CKPT_DIR, LAST, RESUME_ALWAYS, RESUME_AUTO, check_unchanged, resume_from
 from cxrdet.errors import UserError
+from cxrdet.training.loggers import DEFAULT_LOGGERS, LOGGERS, MLFLOW_DB, build_loggers, parse_loggers
 
 CONFIG_FILE = "config.json"
 EXPORT_DIR = "export"
 MONITOR = "val_map"
+MLFLOW_EXPERIMENT = "cxrdet-detector"  # one experiment for all detector runs; each run is named by its folder
 
 # flag -> (type, help); dest = config field (dashes -> underscores).
 FLAGS: dict[str, tuple[type, str]] = {
@@ -97,6 +100,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs = "+" if isinstance(default, list) else None
         p.add_argument(flag, type=typ, nargs=nargs, default=None, choices=CHOICES.get(flag),
                        metavar=_metavar(flag, typ), help=f"{text} (default: {default!r})")
+    p.add_argument("--logger", dest="loggers", action="append", default=None, metavar="{" + ",".join(LOGGERS) + "}",
+                   help="experiment logger(s); repeat or comma-separate, e.g. --logger csv,mlflow. mlflow logs to "
+                        f"the local store sqlite:///RUN_DIR/{MLFLOW_DB} (no server; `mlflow ui --backend-store-uri` "
+                        f"it). Default: {','.join(DEFAULT_LOGGERS)}")
     p.add_argument("--sync-batchnorm", action="store_true", default=None,
                    help="SyncBatchNorm across CUDA devices (on by itself for the v2 model; off on CPU)")
     p.add_argument("--resume", nargs="?", const=RESUME_ALWAYS, default=None, choices=(RESUME_AUTO, RESUME_ALWAYS),
@@ -117,6 +124,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[DetectorConfig, Path | Non
     if ckpt:
         check_unchanged(base, given, out / CONFIG_FILE, ckpt)
     cfg = dataclasses.replace(base, **given, out=str(out))
+    try:
+        cfg.loggers = parse_loggers(cfg.loggers)
+    except ValueError as e:
+        raise UserError(f"--logger: {e}") from None
     for name in ("cache", "labels", "folds"):
         if not getattr(cfg, name):
             raise UserError(f"--{name} is required (or --resume a run whose config.json names it)")
@@ -165,7 +176,6 @@ def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     # Lightning advises sync_dist for epoch metrics under DDP; ours are already global (gathered
     # predictions, one score broadcast from rank 0), and averaging equal values is a wasted all-reduce.
@@ -184,7 +194,7 @@ def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
         default_root_dir=out,  # Lightning's SLURM hpc_ckpt_N.ckpt lands in the run folder, not the cwd
         use_distributed_sampler=False,  # our EpochSampler and val DistributedSampler shard themselves
         callbacks=[checkpoint],
-        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")],
+        logger=build_loggers(cfg.loggers, out, experiment=MLFLOW_EXPERIMENT),
         limit_train_batches=_limit(cfg.limit_train_batches), limit_val_batches=_limit(cfg.limit_val_batches),
         log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=1, enable_progress_bar=True,
     )

@@ -1,0 +1,1 @@
+"""Pieces shared by the Lightning trainers (the detector and the image-level classifier)."""
