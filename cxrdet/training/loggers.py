@@ -7,6 +7,8 @@ Everything stays in the run folder and nothing touches the network:
 * ``mlflow``: a local MLflow store, ``sqlite:///RUN/mlflow.db`` with artifacts in
   ``RUN/mlartifacts`` (``mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db``). MLflow 3
   deprecates the plain-folder file store and defaults to SQLite itself, so SQLite it is.
+  MLflow 3's usage telemetry (HTTP requests to mlflow.org) is switched off with
+  ``MLFLOW_DISABLE_TELEMETRY=true`` unless the environment already sets that variable.
 
 Several loggers may be chosen (repeat the flag or give a comma list); the default keeps
 TensorBoard + CSV. Library functions raise ``ValueError`` naming the value; commands turn that
@@ -15,6 +17,7 @@ into a flag message.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,6 +61,7 @@ def build_loggers(names: Iterable[str], run_dir: str | Path, experiment: str, ru
         elif name == "tensorboard":
             out.append(TensorBoardLogger(run_dir, name="tb"))
         else:
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a local store makes no network calls
             out.append(MLFlowLogger(
                 experiment_name=experiment, run_name=run_name or run_dir.resolve().name,
                 tracking_uri=mlflow_tracking_uri(run_dir),
