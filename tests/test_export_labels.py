@@ -108,3 +108,19 @@ def test_unsafe_image_id_and_non_empty_out_are_refused(data, tmp_path, capsys):
     with pytest.raises(UserError, match="cannot be used as a file name"):
         write_images(str(data["cache"]), {"train": ["img000", "../img001"], "val": []}, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_label_formats_golden_on_a_non_square_image():
+    from cxrdet.ecosystem.label_formats import coco_dataset, yolo_lines
+
+    boxes, cls = np.array([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 200.0, 100.0]]), np.array([3, 13])
+    # 100 rows x 200 columns: x is normalised by 200, y by 100
+    assert yolo_lines(boxes, cls, (100, 200)) == ("3 0.150000 0.400000 0.200000 0.400000\n"
+                                                 "13 0.500000 0.500000 1.000000 1.000000\n")
+    assert yolo_lines(np.zeros((0, 4)), np.zeros(0), (100, 200)) == ""
+    coco = coco_dataset(["a", "n"], {"a": (boxes, cls), "n": (np.zeros((0, 4)), np.zeros(0))},
+                        {"a": (100, 200), "n": (80, 90)}, {"x": 1})
+    assert coco["images"] == [{"id": 1, "file_name": "a.png", "height": 100, "width": 200, "cxrdet_image_id": "a"},
+                              {"id": 2, "file_name": "n.png", "height": 80, "width": 90, "cxrdet_image_id": "n"}]
+    assert [(a["image_id"], a["category_id"], a["bbox"], a["area"]) for a in coco["annotations"]] == [
+        (1, 3, [10.0, 20.0, 40.0, 40.0], 1600.0), (1, 13, [0.0, 0.0, 200.0, 100.0], 20000.0)]
