@@ -17,7 +17,7 @@ from cxrdet.classes import CLASS_NAMES
 from cxrdet.errors import UserError
 from cxrdet.flags import DEFAULT_SEED, RenamedFlag
 from cxrdet.formats.labels import image_level_labels, read_labels
-from cxrdet.formats.submission import atomic_write_csv
+from cxrdet.formats.folds import write_folds
 
 
 def make_folds(labels: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels)
     folds = make_folds(labels, args.n_folds, args.seed)
     out = Path(args.out)
-    atomic_write_csv(out, ["image_id", "fold"], list(folds.itertuples(index=False, name=None)))
+    write_folds(out, dict(zip(folds["image_id"], folds["fold"])))
     print(f"{len(folds)} images in {args.n_folds} folds (seed {args.seed}); images per class and fold:")
     print(fold_class_counts(labels, folds).to_string())
     print(f"wrote {out}")

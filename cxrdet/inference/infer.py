@@ -190,17 +190,13 @@ def build_source(args: argparse.Namespace, settings, with_features: bool) -> Ima
 
 def fold_ids(folds_csv: str, fold: int, available: list[str]) -> list[str]:
     """The ids of ``fold`` in FOLDS.csv; every one of them must be among the inputs."""
-    try:
-        folds = pd.read_csv(folds_csv, dtype={"image_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"cannot read --folds {folds_csv}: {e}") from e
-    if not {"image_id", "fold"} <= set(folds.columns):
-        raise UserError(f"--folds {folds_csv}: expected columns image_id,fold (from `cxrdet split`), "
-                        f"found {','.join(map(str, folds.columns))}")
-    ids = sorted(set(folds.loc[folds["fold"] == fold, "image_id"].astype(str)))
+    from cxrdet.formats.folds import fold_members, read_folds
+
+    folds = read_folds(folds_csv)
+    ids = sorted(fold_members(folds, fold))
     if not ids:
         raise UserError(f"--folds {folds_csv} has no image in fold {fold} "
-                        f"(folds present: {sorted(folds['fold'].unique().tolist())})")
+                        f"(folds present: {sorted(set(folds.values()))})")
     absent = sorted(set(ids) - set(available))
     if absent:
         raise UserError(f"{len(absent)} image(s) of fold {fold} in {folds_csv} are not among the inputs, "
