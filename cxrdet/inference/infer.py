@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cxrdet.boxes import HW
 from cxrdet.detections import Detections
 from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
-from cxrdet.formats.failures import FailureLog
+from cxrdet.formats.failures import FailureLog, errors_path
 from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
 from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
@@ -385,5 +385,5 @@ def main(args: argparse.Namespace) -> int:
     failures = FailureLog()
     failures.extend(getattr(source, "listing_failures", FailureLog()))  # e.g. duplicate ids
     failures.extend(out.failures)
-    errors_csv = Path(args.errors_out) if args.errors_out else Path(args.out).with_suffix(".errors.csv")
+    errors_csv = Path(args.errors_out) if args.errors_out else errors_path(args.out)
     return failures.report(errors_csv)
