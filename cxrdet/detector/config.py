@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrdet.errors import UserError
+from cxrdet.formats import atomic
 
 MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet18_fpn")
 OPTIMIZERS = ("sgd", "adamw")
@@ -133,12 +134,7 @@ class DetectorConfig:
         return bool(self.weights or self.backbone_weights)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic.write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "DetectorConfig":

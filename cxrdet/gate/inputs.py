@@ -35,7 +35,9 @@ def read_table(path: Path, required: list[str], fix: str) -> pd.DataFrame:
 
 def read_pixel_table(meta: Path, pixel_features: str | None) -> pd.DataFrame:
     """The pixel features CSV, by default ``<meta stem>_pixel_features.csv`` beside META.csv."""
-    path = Path(pixel_features) if pixel_features else meta.with_name(f"{meta.stem}_pixel_features.csv")
+    from cxrdet.preprocess.tables import features_path
+
+    path = Path(pixel_features) if pixel_features else features_path(meta)
     if not path.is_file():
         raise UserError(
             f"{path}: pixel features file not found. Fix: pass --pixel-features (written by "

@@ -303,7 +303,7 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
 
 def write_outputs(args, out: Outputs, models: list[dict]) -> None:
     """Submission (atomic, sorted ids), its provenance record and the image-level CSV."""
-    from cxrdet.gate.rules import normal_detection
+    from cxrdet.detections import normal_detection
     from cxrdet.formats.submission import write_submission
 
     run = {"models": models, "folds": str(Path(args.folds).resolve()) if args.folds else None,
