@@ -83,12 +83,13 @@ class Runner:
         self.out = out
         self.timings: dict[str, float] = {}
         self.log = out / "commands.txt"
+        self.lines: list[str] = []
 
     def __call__(self, step: str, command: str, argv: list[str], ok: tuple[int, ...] = (EXIT_OK,)) -> None:
         line = "cxrdet " + " ".join(shlex.quote(a) for a in [command, *argv])
         print(f"\n=== demo: {step}\n$ {line}", flush=True)
-        with open(self.log, "a") as f:
-            f.write(line + "\n")
+        self.lines.append(line + "\n")
+        write_text(self.log, "".join(self.lines))  # rewritten whole each step: never a torn line
         module = importlib.import_module(COMMANDS[command][0])
         parser = module.get_args_parser()
         parser.prog = f"cxrdet {command}"

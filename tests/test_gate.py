@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, detections_from_frame
 from cxrdet.errors import UserError
 from cxrdet.gate.features import (
     FeatureSchema,
     build_features,
-    detections_from_frame,
     detector_feature_names,
     detector_features,
     feature_group,

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.classes import NO_FINDING
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, detections_from_frame
 from cxrdet.errors import UserError
 from cxrdet.formats.folds import fold_members, read_folds
-from cxrdet.gate.features import detections_from_frame
+from cxrdet.formats.submission import HEADER as SUBMISSION_HEADER, read_submission
 
 
 def read_table(path: Path, required: list[str], fix: str) -> pd.DataFrame:
@@ -102,9 +102,7 @@ def read_detections(path: Path, ids: list[str]) -> dict[str, Detections]:
         raise UserError(f"{path}: detections file not found")
     with open(path, newline="") as f:
         header = [h.strip() for h in f.readline().strip().split(",")]
-    if header == ["image_id", "PredictionString"]:
-        from cxrdet.formats.submission import read_submission
-
+    if header == SUBMISSION_HEADER:
         frame, listed = read_submission(path, with_ids=True)
     else:
         frame = read_table(path, ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"],

@@ -30,13 +30,12 @@ from sklearn.model_selection import StratifiedKFold
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
 from cxrdet.gate.features import FeatureSchema
+from cxrdet.gate.rules import DEFAULT_HIGH, DEFAULT_LOW
 
 MODEL_FILE = "gate.ubj"
 SCHEMA_FILE = "gate_schema.json"
 SCHEMA_FORMAT = "cxrdet-gate-schema"
 SCHEMA_VERSION = 1
-DEFAULT_LOW = 0.08  # DESIGN.md §6: below, the image is called normal only
-DEFAULT_HIGH = 0.95  # DESIGN.md §6: from here on, boxes only
 
 
 class GateClassifier(ClassifierMixin, BaseEstimator):

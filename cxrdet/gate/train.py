@@ -29,8 +29,9 @@ from cxrdet.gate.inputs import (
     read_training_labels,
     restrict_meta,
 )
-from cxrdet.gate.model import DEFAULT_HIGH, DEFAULT_LOW, GateClassifier, library_versions
+from cxrdet.gate.model import GateClassifier, library_versions
 from cxrdet.gate.report import plot_report, write_report_json, zone_confusion
+from cxrdet.gate.rules import DEFAULT_HIGH, DEFAULT_LOW
 
 INTERRUPT_NOTE = "no gate was written (model, schema and report are written at the end); rerun the command"
 
@@ -221,7 +222,8 @@ def add_gated_map(ablation: dict, ids: list[str], dets: dict[str, Detections], l
 def gated_vs_ungated(dets: dict[str, Detections], p: dict[str, float], labels, low, high) -> dict:
     """mAP@0.4 of the detections as they are and after the gate, on the same images."""
     from cxrdet.gate.rules import apply_gate
-    from cxrdet.metrics import detections_to_frame, evaluate_detections
+    from cxrdet.detections import detections_to_frame
+    from cxrdet.metrics import evaluate_detections
 
     gated = {i: apply_gate(d, p[i], low, high) for i, d in dets.items()}
     out = {}
