@@ -14,7 +14,7 @@ from cxrdet.gate.features import build_features
 from cxrdet.gate.inputs import abnormal_targets, read_detections
 from cxrdet.gate.model import GateClassifier
 from cxrdet.gate.train import get_args_parser
-from cxrdet.formats.labels import labels_frame
+from label_fixtures import labels_frame
 
 FAST = ["--n-estimators", "60", "--lr", "0.15", "--early-stopping", "10", "--workers", "1",
         "--n-folds", "3"]
