@@ -123,6 +123,8 @@ def test_bad_input_exits_2_with_a_message_naming_the_file(data, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert str(d) in err
+    if breakage == "no_pixel_file":  # the library names the file; the command adds its flags
+        assert "(--pixel-features PATH, or --no-pixel)" in err
 
 
 def test_in_fold_detections_are_refused(data, tmp_path, capsys):

@@ -40,8 +40,9 @@ def read_pixel_table(meta: Path, pixel_features: str | None) -> pd.DataFrame:
     path = Path(pixel_features) if pixel_features else features_path(meta)
     if not path.is_file():
         raise UserError(
-            f"{path}: pixel features file not found. Fix: pass --pixel-features (written by "
-            "`cxrdet prepare` beside META.csv) or train on metadata alone with --no-pixel"
+            f"{path}: pixel features file not found; expected the pixel features CSV that `cxrdet prepare` "
+            "writes beside META.csv (<meta stem>_pixel_features.csv). Fix: point to that file or train on "
+            "metadata alone"
         )
     return read_table(path, ["image_id"], "use the <meta stem>_pixel_features.csv of `cxrdet prepare`")
 

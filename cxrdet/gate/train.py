@@ -107,7 +107,10 @@ def main(args: argparse.Namespace) -> int:
     if args.n_folds < 2 and not args.folds:
         raise UserError(f"--n-folds must be at least 2 for cross-validation, got {args.n_folds}")
     meta = read_table(Path(args.meta), META_REQUIRED, "regenerate it with `cxrdet prepare --meta-out`")
-    pixel = None if args.no_pixel else read_pixel_table(Path(args.meta), args.pixel_features)
+    try:
+        pixel = None if args.no_pixel else read_pixel_table(Path(args.meta), args.pixel_features)
+    except UserError as e:
+        raise UserError(f"{e} (--pixel-features PATH, or --no-pixel)") from None
     labels = read_training_labels(Path(args.labels))
     y_all = abnormal_targets(labels, args.abnormal_rule)
     meta = restrict_meta(meta, y_all, Path(args.meta), Path(args.labels))
