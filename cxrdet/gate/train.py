@@ -118,7 +118,11 @@ def main(args: argparse.Namespace) -> int:
     y = y_all.reindex(ids).to_numpy(np.int64)
     folds = read_fold_column(Path(args.folds), ids) if args.folds else None
     dets = read_detections(Path(args.detections), ids) if args.detections else None
-    oof_check = check_out_of_fold(args.detector_run, dets, Path(args.detections)) if dets else None
+    try:
+        oof_check = check_out_of_fold(args.detector_run, dets, Path(args.detections)) if dets else None
+    except UserError as e:  # in-fold evidence: say which flags gave it
+        raise UserError(f"{e} (flags: --detections, --detector-run; without --detections the gate uses "
+                        "metadata and pixel features only)") from None
 
     X = build_features(meta, pixel, dets)
     print(f"train-gate: {len(ids)} images ({int(y.sum())} abnormal), {X.shape[1]} features; "
