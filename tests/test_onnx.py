@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cxrdet.cli import main as cli
+from cxrdet.detections import detections_from_frame
 from cxrdet.detector.export import load_detector, write_artifact
 from cxrdet.detector.model import build_detector
 from cxrdet.detector.predict import predict
@@ -70,8 +71,6 @@ def test_infer_runtime_onnx_writes_the_torch_submission(exported, tmp_path):
     assert cli([*base, "--runtime", "onnx", "--model", str(exported["onnx"]), "--out", str(tmp_path / "onnx.csv")]) == 0
     ref, got = read_submission(tmp_path / "torch.csv"), read_submission(tmp_path / "onnx.csv")
     assert sorted(set(ref["image_id"])) == sorted(set(got["image_id"])) and len(ref) == len(got)
-    from cxrdet.gate.features import detections_from_frame
-
     for image_id, r in detections_from_frame(ref).items():
         box, score = max_differences(r, detections_from_frame(got)[image_id])
         assert box <= 2.0 and score <= 1e-3  # original pixels = 2x cache pixels

@@ -2,8 +2,8 @@
 
 Targets come from :mod:`cxrdet.detector.table` (the readers' boxes fused per image, scaled
 from original DICOM pixels to cache pixels). Images without any finding are real negatives
-(empty targets), of which :class:`EpochSampler` draws a configurable share per epoch. The HDF5 file is opened lazily in
-each process (a handle must never cross fork/spawn).
+(empty targets), of which :class:`EpochSampler` draws a configurable share per epoch. The HDF5
+file is opened lazily in each process (a handle must never cross fork/spawn).
 """
 
 from __future__ import annotations

@@ -18,8 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cxrdet.boxes import HW
-from cxrdet.classes import NO_FINDING, NORMAL_BOX
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, detections_from_frame, normal_detection
 from cxrdet.ecosystem.submission_fusion import CONF_TYPES, METHODS, SubmissionFusion, fuse_image
 from cxrdet.errors import UserError
 
@@ -95,7 +94,6 @@ def read_sizes(path: str) -> dict[str, HW]:
 
 def read_subs(paths: list[str]) -> list[tuple[dict[str, Detections], list[str]]]:
     from cxrdet.formats.submission import read_submission
-    from cxrdet.gate.features import detections_from_frame
 
     out = []
     for path in paths:
@@ -128,8 +126,6 @@ def image_order(paths: list[str], subs, missing: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from cxrdet.formats.submission import write_submission
 
     cfg = SubmissionFusion(method=args.method, iou_thr=args.iou, skip_box_thr=args.skip_box_thr,
@@ -148,8 +144,7 @@ def main(args: argparse.Namespace) -> int:
     if unsized:
         raise UserError(f"--sizes-from {args.sizes_from} has no original size for {len(unsized)} image(s): "
                         f"{_shown(unsized)}; pass the cache, META.csv or sizes CSV of these images")
-    fill = (Detections(np.array([NORMAL_BOX]), np.array([1.0]), np.array([NO_FINDING]))
-            if args.missing == "normal" else Detections.empty())
+    fill = normal_detection(1.0) if args.missing == "normal" else Detections.empty()
     fused = {}
     for image_id in tqdm(order, unit="img", desc=f"fuse ({args.method})", file=sys.stderr, disable=None):
         runs = [preds.get(image_id, fill) for preds, _ in subs]

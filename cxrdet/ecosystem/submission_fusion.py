@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrdet.boxes import HW, clip_boxes, denormalize_boxes, normalize_boxes, valid_mask
-from cxrdet.classes import NO_FINDING, NORMAL_BOX
-from cxrdet.detections import Detections
+from cxrdet.classes import NO_FINDING
+from cxrdet.detections import Detections, normal_detection
 
 METHODS = ("wbf", "nms", "soft-nms")
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")  # ensemble-boxes 1.0.9's WBF
@@ -119,6 +119,5 @@ def fuse_image(runs: Sequence[Detections], weights: Sequence[float], hw: HW | No
     findings = _fuse_findings(runs, weights, hw, cfg) if has_boxes else Detections.empty()
     p14 = no_finding_score(runs, weights)
     if p14 > 0:
-        normal = Detections(np.array([NORMAL_BOX]), np.array([p14]), np.array([NO_FINDING]))
-        findings = Detections.concat([findings, normal])
+        findings = Detections.concat([findings, normal_detection(p14)])
     return findings.sorted()

@@ -45,8 +45,8 @@ def onnx_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         if not (p / ONNX_FILE).is_file():
-            raise UserError(f"model folder {p} has no {ONNX_FILE}; write one with "
-                            f"`cxrdet export-onnx --model {p} --out {p / ONNX_FILE}`")
+            raise UserError(f"model folder {p} has no {ONNX_FILE}; expected the ONNX file `cxrdet export-onnx` "
+                            f"writes (e.g. {p / ONNX_FILE})")
         return p / ONNX_FILE
     if not p.is_file():
         raise UserError(f"ONNX model {p} does not exist; write it with `cxrdet export-onnx`")
