@@ -147,3 +147,13 @@ def test_sizes_from_meta_csv_and_a_missing_size_named(tmp_path, capsys):
     code, out = fuse(tmp_path, [a, a], meta)
     assert code == 0
     assert rows_of(out)["p"].tolist() == [[1, 0.5, 0, 0, 2000, 1000]]  # clipped to the original image
+
+
+def test_weight_must_follow_its_sub(tmp_path):
+    a = write_sub(tmp_path / "a.csv", {"img": "3 0.9 100 100 200 200"})
+    sizes = write_sizes(tmp_path / "sizes.csv", {"img": (1000, 1000)})
+    with pytest.raises(SystemExit) as e:  # argparse: usage error, exit 2
+        cli(["fuse", "--weight", "2", "--sub", str(a), "--sizes-from", str(sizes), "--out", str(tmp_path / "o.csv")])
+    assert e.value.code == 2
+    code, out = fuse(tmp_path, [a], sizes, "--weight", "0")  # applies to the last --sub
+    assert code == 2 and not out.exists()

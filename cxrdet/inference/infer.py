@@ -346,8 +346,8 @@ def check_vis_names(vis_dir: str, ids: list[str]) -> None:
 def announce(args, source: ImageSource, models: list, settings, device, gate: GateRuntime | None) -> None:
     what = f"{len(source)} images" + (f" of fold {args.fold}" if args.folds else "")
     what += f" (shard {args.shard})" if args.shard else ""
-    log(f"{what}, {len(models)} detector(s), tta={args.tta}, cache size {settings.size} voi {settings.voi}, "
-        f"device {device}")
+    where = "onnxruntime CPU" if args.runtime == "onnx" else f"device {device}"
+    log(f"{what}, {len(models)} detector(s), tta={args.tta}, cache size {settings.size} voi {settings.voi}, {where}")
     if gate is None:
         log("note: no --gate: the submission holds the detections only, with no 'No finding' (class 14) "
             "calls; pass --gate GATE_DIR for the 2-class filter")
