@@ -2,7 +2,9 @@
 
 Finding boxes (class 0..13) are normalised by each image's ORIGINAL size (what ensemble-boxes
 expects: [0, 1] coordinates), clipped, and fused per class across submissions by WBF, NMS or
-soft-NMS with the submissions' weights; the result is mapped back to original pixels.
+soft-NMS with the submissions' weights; the result is mapped back to original pixels. The
+input lists are prepared as for TTA/ensemble fusion (:func:`cxrdet.inference.tta.ensemble_inputs`);
+``tta.fuse_runs`` itself does not fit: it has no weights, WBF only, and returns a single run as is.
 
 Class 14 ("No finding", written ``14 p 0 0 1 1``) is an image-level probability, not a box, so
 it never enters box fusion (its ``0 0 1 1`` box would cluster with nothing and only inflate
@@ -30,9 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxrdet.boxes import HW, clip_boxes, denormalize_boxes, normalize_boxes, valid_mask
+from cxrdet.boxes import HW, denormalize_boxes
 from cxrdet.classes import NO_FINDING
 from cxrdet.detections import Detections, normal_detection
+from cxrdet.inference.tta import ensemble_inputs
 
 METHODS = ("wbf", "nms", "soft-nms")
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")  # ensemble-boxes 1.0.9's WBF
@@ -67,24 +70,12 @@ def no_finding_score(runs: Sequence[Detections], weights: Sequence[float]) -> fl
     return float((w * s).sum() / w.sum())
 
 
-def _library_inputs(runs: Sequence[Detections], hw: HW):
-    """Per run: finding boxes clipped and normalised by ``hw``, their scores and classes, as lists."""
-    boxes, scores, labels = [], [], []
-    for det in runs:
-        finding = det.select(det.class_ids != NO_FINDING)
-        norm = normalize_boxes(clip_boxes(finding.boxes, hw), hw)
-        keep = valid_mask(norm, min_size=1e-9)  # ensemble-boxes warns about zero-area boxes
-        boxes.append(norm[keep].tolist())
-        scores.append(finding.scores[keep].tolist())
-        labels.append(finding.class_ids[keep].tolist())
-    return boxes, scores, labels
-
-
 def _fuse_findings(runs: Sequence[Detections], weights: Sequence[float], hw: HW,
                    cfg: SubmissionFusion) -> Detections:
     from ensemble_boxes import nms, soft_nms, weighted_boxes_fusion  # imports numba: only when fusing
 
-    boxes, scores, labels = _library_inputs(runs, hw)
+    findings = [d.select(d.class_ids != NO_FINDING) for d in runs]  # class 14 is not a box (module doc)
+    boxes, scores, labels = ensemble_inputs(findings, hw)
     if not any(boxes):
         return Detections.empty()
     w = [float(x) for x in weights]

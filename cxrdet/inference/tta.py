@@ -53,19 +53,27 @@ def run_views(predict_fns: Sequence[PredictFn], images: Sequence[np.ndarray], tt
     return runs
 
 
-def fuse_runs(runs: Sequence[Detections], hw: HW, config: FusionConfig = FusionConfig()) -> Detections:
-    """WBF over several runs of one image (boxes in pixels of an image of size ``hw``)."""
-    if len(runs) == 1:
-        return runs[0]
+def ensemble_inputs(runs: Sequence[Detections], hw: HW) -> tuple[list, list, list]:
+    """ensemble-boxes' input lists (per run: boxes clipped and normalised by ``hw``, scores, labels).
+
+    ensemble-boxes warns about (and clamps) boxes outside [0, 1] and zero-area boxes; doing it
+    here keeps the log clean and the behaviour explicit.
+    """
     boxes_list, scores_list, labels_list = [], [], []
     for det in runs:
-        # ensemble-boxes warns about (and clamps) boxes outside [0, 1] and zero-area boxes;
-        # doing it here keeps the log clean and the behaviour explicit
         norm = normalize_boxes(clip_boxes(det.boxes, hw), hw)
         keep = valid_mask(norm, min_size=1e-9)
         boxes_list.append(norm[keep].tolist())
         scores_list.append(det.scores[keep].tolist())
         labels_list.append(det.class_ids[keep].tolist())
+    return boxes_list, scores_list, labels_list
+
+
+def fuse_runs(runs: Sequence[Detections], hw: HW, config: FusionConfig = FusionConfig()) -> Detections:
+    """WBF over several runs of one image (boxes in pixels of an image of size ``hw``)."""
+    if len(runs) == 1:
+        return runs[0]
+    boxes_list, scores_list, labels_list = ensemble_inputs(runs, hw)
     boxes, scores, labels = weighted_boxes_fusion(
         boxes_list,
         scores_list,
