@@ -101,3 +101,12 @@ def test_a_foreign_onnx_file_is_refused(exported, tmp_path, capsys):
     code = cli(["infer", "--cache", str(exported["cache"]), "--runtime", "onnx", "--model",
                 str(tmp_path / "plain.onnx"), "--workers", "0", "--out", str(tmp_path / "s.csv")])
     assert code == 2 and "only files written by `cxrdet export-onnx`" in capsys.readouterr().err
+
+
+def test_an_export_that_does_not_reproduce_pytorch_is_removed(exported, tmp_path, monkeypatch, capsys):
+    from cxrdet.ecosystem import onnx_export
+
+    monkeypatch.setattr(onnx_export, "SCORE_TOL", -1.0)  # any difference, even 0, now counts as a mismatch
+    out = tmp_path / "m.onnx"
+    assert cli(["export-onnx", "--model", str(exported["artifact"]), "--out", str(out)]) == 2
+    assert "does not reproduce PyTorch" in capsys.readouterr().err and not out.exists()

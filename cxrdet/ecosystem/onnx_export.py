@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
     if not (box_diff <= BOX_TOL_PX and score_diff <= SCORE_TOL):
         out.unlink(missing_ok=True)
         raise UserError(f"the ONNX export of {args.model} does not reproduce PyTorch on test images ({n} "
-                        f"detections, max box difference {box_diff:.3g} px, score {score_diff:.3g}); nothing written")
+                        f"detections, max box difference {box_diff:.3g} px, score {score_diff:.3g}); {out} was removed")
     print(f"export-onnx: {cfg.model} at cache size {cfg.cache_size} -> {out} (opset {OPSET}; onnxruntime vs "
           f"PyTorch on 3 test images: {n} detections, max diff {box_diff:.2g} px / {score_diff:.2g} score)",
           file=sys.stderr)
