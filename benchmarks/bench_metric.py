@@ -1,7 +1,7 @@
 """mAP@0.4 speed and agreement: cxrdet.metrics vs map-boxes (baseline) vs pycocotools.
 
 One synthetic VinBigData-like test set (3,000 images, ~30% abnormal, class mix of
-VINBIGDATA.md, ~50,000 detections: jittered true positives, duplicates, random false positives
+docs/dataset.md, ~50,000 detections: jittered true positives, duplicates, random false positives
 and a class-14 row per image) is scored in this process by
 
 * cxrdet (default rule: best *unmatched* box; and ``match="voc"``, the devkit rule),
@@ -53,7 +53,7 @@ from cxrdet.detections import DET_COLUMNS, Detections
 from cxrdet.metrics import GroundTruth, evaluate_detections, match_detections
 from cxrdet.formats.submission import write_submission
 
-# Images marked by >= 2 of 3 readers per finding (VINBIGDATA.md): the test-set class mix.
+# Images marked by >= 2 of 3 readers per finding (docs/dataset.md): the test-set class mix.
 CLASS_FREQ = np.array([2346, 62, 177, 1817, 121, 152, 245, 547, 405, 362, 634, 882, 58, 1017], float)
 MULTI_BOX = {2, 7, 8, 9, 10, 11, 13}  # findings that often come as several boxes per image
 
