@@ -112,10 +112,12 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 
 def fold_labels(labels_csv: Path, folds_csv: Path, fold: int, out_csv: Path) -> Path:
     """The label rows of one fold's images (the gate trains on the detector's held-out fold)."""
-    folds = pd.read_csv(folds_csv, dtype={"image_id": str})
+    from cxrdet.formats.atomic import write_frame
+    from cxrdet.formats.folds import fold_members, read_folds
+
+    held_out = set(fold_members(read_folds(folds_csv), fold))
     labels = pd.read_csv(labels_csv, dtype={"image_id": str}, keep_default_na=False)
-    held_out = set(folds.loc[folds["fold"] == fold, "image_id"])
-    labels[labels["image_id"].isin(held_out)].to_csv(out_csv, index=False)
+    write_frame(out_csv, labels[labels["image_id"].isin(held_out)])
     return out_csv
 
 

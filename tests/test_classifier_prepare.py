@@ -90,7 +90,7 @@ def test_prepare_image_dir_end_to_end(tmp_path):
         assert cache.read("Pneumonia__c")[0].shape == (16, 32)  # same long-side resize as DICOM
         stretched = cache.read("Pneumonia__c")[0]
         assert stretched.min() <= 5 and stretched.max() >= 250  # 16-bit stretched to the full range
-    errors = _errors(tmp_path / "cache_errors.csv")
+    errors = _errors(tmp_path / "cache.errors.csv")
     assert "not a readable PNG" in errors["Pneumonia/bad.png"]
     assert "collides with Pneumonia/c.png" in errors["Pneumonia__c.png"]
     meta = (tmp_path / "meta.csv").read_text().splitlines()

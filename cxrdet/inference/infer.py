@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cxrdet.boxes import HW
 from cxrdet.detections import Detections
 from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
-from cxrdet.formats.failures import FailureLog
+from cxrdet.formats.failures import FailureLog, errors_path
 from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
 from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
@@ -190,17 +190,13 @@ def build_source(args: argparse.Namespace, settings, with_features: bool) -> Ima
 
 def fold_ids(folds_csv: str, fold: int, available: list[str]) -> list[str]:
     """The ids of ``fold`` in FOLDS.csv; every one of them must be among the inputs."""
-    try:
-        folds = pd.read_csv(folds_csv, dtype={"image_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"cannot read --folds {folds_csv}: {e}") from e
-    if not {"image_id", "fold"} <= set(folds.columns):
-        raise UserError(f"--folds {folds_csv}: expected columns image_id,fold (from `cxrdet split`), "
-                        f"found {','.join(map(str, folds.columns))}")
-    ids = sorted(set(folds.loc[folds["fold"] == fold, "image_id"].astype(str)))
+    from cxrdet.formats.folds import fold_members, read_folds
+
+    folds = read_folds(folds_csv)
+    ids = sorted(fold_members(folds, fold))
     if not ids:
         raise UserError(f"--folds {folds_csv} has no image in fold {fold} "
-                        f"(folds present: {sorted(folds['fold'].unique().tolist())})")
+                        f"(folds present: {sorted(set(folds.values()))})")
     absent = sorted(set(ids) - set(available))
     if absent:
         raise UserError(f"{len(absent)} image(s) of fold {fold} in {folds_csv} are not among the inputs, "
@@ -389,5 +385,5 @@ def main(args: argparse.Namespace) -> int:
     failures = FailureLog()
     failures.extend(getattr(source, "listing_failures", FailureLog()))  # e.g. duplicate ids
     failures.extend(out.failures)
-    errors_csv = Path(args.errors_out) if args.errors_out else Path(args.out).with_suffix(".errors.csv")
+    errors_csv = Path(args.errors_out) if args.errors_out else errors_path(args.out)
     return failures.report(errors_csv)
