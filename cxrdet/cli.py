@@ -23,7 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-gate": ("cxrdet.gate.train", "train the XGBoost normal/abnormal gate"),
     "infer": ("cxrdet.inference.infer", "batch inference -> submission CSV (+ overlays)"),
     "merge-submissions": ("cxrdet.inference.merge", "combine shard submissions into one CSV"),
+    "classify": ("cxrdet.inference.classify", "image-level class probabilities from trained classifier(s)"),
+    "merge-probabilities": ("cxrdet.inference.merge_probabilities", "combine shard probability CSVs of classify"),
     "evaluate": ("cxrdet.evaluate", "score a submission with the competition's mAP@0.4"),
+    "evaluate-classifier": ("cxrdet.classifier.evaluate", "score a probability CSV (AUROC with CI, calibration, ...)"),
     "demo": ("cxrdet.demo", "the whole pipeline end to end on synthetic data"),
 }
 
