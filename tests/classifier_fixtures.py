@@ -3,7 +3,7 @@
 VinBigData-like: a cache of noise images where "Aortic enlargement" (class 0) is a bright
 rectangle, "Cardiomegaly" (class 3) a large grey disc and "Pleural effusion" (class 10) a bright
 band at the bottom; three readers each mark a drawn finding with probability 0.9, so the labels
-are soft. ImageFolder-like: PNGs of three classes told apart by a shape (square, disc, bars).
+are soft. ImageFolder-like: PNGs of three classes told apart by a pattern (dark square, bright disc, bars).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _shape_image(rng: np.random.Generator, cls: str, side: int = 48) -> np.ndarr
     image = rng.normal(80, 20, (side, side)).clip(0, 255).astype(np.uint8)
     c = side // 2 + int(rng.integers(-4, 5))
     if cls == "Square":
-        cv2.rectangle(image, (c - 10, c - 10), (c + 10, c + 10), 220, -1)
+        cv2.rectangle(image, (c - 12, c - 12), (c + 12, c + 12), 0, -1)  # a dark square
     elif cls == "Disc":
         cv2.circle(image, (c, c), 11, 220, -1)
     else:

@@ -20,7 +20,9 @@ from cxrdet.errors import UserError
 from cxrdet.formats.nih import read_nih_labels
 from cxrdet.formats.probabilities import read_probabilities, write_probabilities
 
-from classifier_fixtures import limit_threads, make_image_folder
+from cxrdet.classifier.config import ClassifierConfig
+
+from classifier_fixtures import limit_threads, make_image_folder, make_vinbig, write_folds
 
 limit_threads()
 COLS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
@@ -154,3 +156,20 @@ def test_every_backbone_has_a_grad_cam_layer_with_a_4d_output():
         with torch.no_grad():
             assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
         assert len(seen) == 1 and len(seen[0]) == 4  # a conv feature map [B, C, h, w]
+
+
+def test_table_lists_uncached_images_and_warns_about_empty_classes(tmp_path):
+    from cxrdet.classifier.data import load_table
+
+    paths = make_vinbig(tmp_path, n=8)
+    extra = pd.DataFrame([("ghost", "No finding", 14, "R1", "", "", "", "")], columns=COLS)
+    pd.concat([pd.read_csv(paths["labels"]), extra]).to_csv(paths["labels"], index=False)
+    cfg = ClassifierConfig(cache=str(paths["cache"]), labels=str(paths["labels"]), folds=str(paths["folds"]))
+    table = load_table(cfg)
+    assert len(table.train_ids) + len(table.val_ids) == 8
+    assert any("1 labelled image(s)" in n and "ghost" in n for n in table.notes)
+    assert any("no positive example in the training folds for class(es) Atelectasis, Calcification" in n
+               for n in table.notes)
+    write_folds(paths["folds"], [f"img{k:04d}" for k in range(7)])  # one cached, labelled image without a fold
+    with pytest.raises(UserError, match="1 image\\(s\\) of labels .* have no fold"):
+        load_table(cfg)
