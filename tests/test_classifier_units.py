@@ -173,3 +173,21 @@ def test_table_lists_uncached_images_and_warns_about_empty_classes(tmp_path):
     write_folds(paths["folds"], [f"img{k:04d}" for k in range(7)])  # one cached, labelled image without a fold
     with pytest.raises(UserError, match="1 image\\(s\\) of labels .* have no fold"):
         load_table(cfg)
+
+
+def test_split_stratifies_nih_and_folder_sources(tmp_path):
+    from cxrdet.cli import main as cli
+    from cxrdet.formats.folds import read_folds
+
+    root = make_image_folder(tmp_path / "imgs", per_class=4)
+    assert cli(["split", "--labels", str(root), "--n-folds", "2", "--out", str(tmp_path / "f.csv")]) == 0
+    folds = read_folds(tmp_path / "f.csv")
+    assert len(folds) == 12
+    for cls in ("Bars", "Disc", "Square"):  # stratified: every class split 2/2
+        assert sorted(folds[f"{cls}__img_{k:03d}"] for k in range(4)) == [0, 0, 1, 1]
+    nih = tmp_path / "nih.csv"
+    nih.write_text("Image Index,Finding Labels\n" + "".join(
+        f"{k:08d}_000.png,{'Effusion' if k % 2 else 'No Finding'}\n" for k in range(8)))
+    assert cli(["split", "--labels", str(nih), "--n-folds", "2", "--out", str(tmp_path / "n.csv")]) == 0
+    nf = read_folds(tmp_path / "n.csv")
+    assert sorted(nf[f"{k:08d}_000"] for k in range(1, 8, 2)) == [0, 0, 1, 1]
