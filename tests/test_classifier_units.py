@@ -191,3 +191,19 @@ def test_split_stratifies_nih_and_folder_sources(tmp_path):
     assert cli(["split", "--labels", str(nih), "--n-folds", "2", "--out", str(tmp_path / "n.csv")]) == 0
     nf = read_folds(tmp_path / "n.csv")
     assert sorted(nf[f"{k:08d}_000"] for k in range(1, 8, 2)) == [0, 0, 1, 1]
+
+
+@pytest.mark.slow
+def test_densenet_files_with_torchvisions_old_key_names_load(tmp_path):
+    import re
+
+    imagenet = build_backbone("densenet121", 1000).state_dict()
+    old = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in imagenet.items()
+           if not k.endswith("num_batches_tracked")}  # the 2017 file predates these buffers
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old  # the hosted file's spelling
+    torch.save(old, tmp_path / "densenet121-a639ec97.pth")
+    model = build_backbone("densenet121", 15)
+    assert load_weights(model, tmp_path / "densenet121-a639ec97.pth", "densenet121", log=lambda m: None) == \
+        len(old) - 2  # every tensor but the 1000-class classifier
+    assert torch.equal(model.features.denseblock1.denselayer1.norm1.weight,
+                       imagenet["features.denseblock1.denselayer1.norm1.weight"])

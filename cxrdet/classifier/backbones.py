@@ -9,6 +9,7 @@ differs from the model's (the 1000-class ImageNet head) are skipped and said so.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 
 import torch
@@ -30,6 +31,9 @@ TARGET_LAYERS: dict[str, str] = {
     "efficientnet_b4": "features",
     "mobilenet_v3_small": "features",
 }
+# torchvision's hosted DenseNet files predate its module names ("norm.1" for "norm1"); its own
+# loader renames them with this pattern (torchvision.models.densenet._load_state_dict).
+_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 MIN_LOADED_SHARE = 0.5  # fewer matching keys than this means the file is for another architecture
 
 
@@ -70,6 +74,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, arch: str,
     for prefix in ("model.", "module."):  # our training checkpoints / DDP-wrapped saves
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
+    if arch.startswith("densenet"):
+        state = {(_DENSENET_OLD_KEY.sub(r"\1\2", k)): v for k, v in state.items()}
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     if len(usable) < MIN_LOADED_SHARE * len(own):
