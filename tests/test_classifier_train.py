@@ -144,3 +144,33 @@ def test_ddp_validation_auroc_equals_single_process(tmp_path):
     (res,) = trainer.validate(module, datamodule=ClassifierDataModule(cfg), verbose=False)
     assert res["val_images"] == 23
     assert res["val_score"] == pytest.approx(float(ddp_score.iloc[-1]), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_infer_adds_classifier_columns_in_the_same_pass(run, vinbig, tmp_path):
+    from cxrdet.detector.export import write_artifact
+    from cxrdet.detector.model import build_detector
+    from cxrdet.formats.image_level import IMAGE_LEVEL_COLUMNS
+    from cxrdet.formats.probabilities import read_probabilities
+
+    from detector_fixtures import tiny_config
+
+    det_cfg = tiny_config(vinbig, tmp_path, min_size=64, max_size=64, cache_size=64, cache_voi="auto")
+    torch.manual_seed(0)
+    write_artifact(build_detector(det_cfg).state_dict(), det_cfg, tmp_path / "det")  # random weights suffice
+    base = ["--cache", str(vinbig["cache"]), "--workers", "0", "--batch-size", "4"]
+    assert cli(["infer", "--model", str(tmp_path / "det"), "--classifier", str(run / "export"), *base,
+                "--out", str(tmp_path / "sub.csv"), "--image-level-out", str(tmp_path / "il.csv")]) == 0
+    il = pd.read_csv(tmp_path / "il.csv").set_index("image_id")
+    assert list(il.columns[:len(IMAGE_LEVEL_COLUMNS) - 1]) == IMAGE_LEVEL_COLUMNS[1:]
+    assert "clf_Nodule_Mass" in il.columns and "clf_abnormal" in il.columns and len(il) == 120
+    assert cli(["classify", "--model", str(run / "export"), *base, "--out", str(tmp_path / "p.csv")]) == 0
+    probs = read_probabilities(tmp_path / "p.csv").frame()
+    for name in ("Aortic enlargement", "Cardiomegaly", "abnormal"):
+        col = "clf_" + name.replace(" ", "_")
+        assert (il[col] - probs[name].reindex(il.index)).abs().max() < 2e-6, name
+    assert cli(["infer", "--model", str(tmp_path / "det"), "--classifier", str(run / "export"), *base,
+                "--out", str(tmp_path / "x.csv")]) == 2  # the columns need --image-level-out
+    assert cli(["merge-submissions", "--out", str(tmp_path / "m.csv"), str(tmp_path / "sub.csv"),
+                "--image-level", str(tmp_path / "il.csv"), "--image-level-out", str(tmp_path / "mil.csv")]) == 0
+    assert (tmp_path / "mil.csv").read_text() == (tmp_path / "il.csv").read_text()
