@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrdet.errors import UserError
+from cxrdet.flags import DEFAULT_SEED
 from cxrdet.formats import atomic
 
 ARCHS = ("densenet121", "resnet50", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
@@ -81,7 +82,7 @@ class ClassifierConfig:
     num_nodes: int = 1  # more under torchrun/SLURM
     strategy: str = "auto"  # Lightning picks DDP for several devices
     precision: str = "32-true"  # safe everywhere; use 16-mixed / bf16-mixed on GPUs
-    seed: int = 0  # the one --seed default of every command
+    seed: int = DEFAULT_SEED  # the one --seed default of every command
     limit_train_batches: float = 1.0  # fraction (<=1) or count (>1) of batches; 1.0 = all
     limit_val_batches: float = 1.0  # the metric needs the whole fold: keep 1.0 for real runs
     log_every_n_steps: int = 20  # smoother curves than Lightning's 50

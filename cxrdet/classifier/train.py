@@ -24,7 +24,9 @@ from pathlib import Path
 
 from cxrdet.classifier.config import ARCHITECTURE_FIELDS, ARCHS, OPTIMIZERS, VALIDATION_FIELDS, ClassifierConfig
 from cxrdet.errors import UserError
-from cxrdet.training.resume import CKPT_DIR, LAST, RESUME_ALWAYS, RESUME_AUTO, check_unchanged, resume_from
+from cxrdet.flags import add_training_device_flag, apply_device_shorthand
+from cxrdet.training.resume import (CKPT_DIR, LAST, RESUME_ALWAYS, RESUME_AUTO, changed_field, checkpoint_to_resume,
+                                    locked_field_error)
 
 CONFIG_FILE = "config.json"
 EXPORT_DIR = "export"
@@ -95,6 +97,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         dest = flag[2:].replace("-", "_")
         p.add_argument(flag, type=typ, default=None, choices=CHOICES.get(flag), metavar=_metavar(flag, typ),
                        help=f"{text} (default: {getattr(defaults, dest)!r})")
+    add_training_device_flag(p)
     p.add_argument("--resume", nargs="?", const=RESUME_ALWAYS, default=None, choices=(RESUME_AUTO, RESUME_ALWAYS),
                    metavar=RESUME_AUTO,
                    help="continue RUN_DIR from checkpoints/last.ckpt (same global step and optimizer state); "
@@ -104,13 +107,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> tuple[ClassifierConfig, Path | None]:
     """Defaults <- RUN_DIR/config.json (when resuming) <- flags given explicitly; and the checkpoint."""
+    apply_device_shorthand(args)
     out = Path(args.out)
-    ckpt = resume_from(out, args.resume)
+    ckpt = checkpoint_to_resume(out, args.resume)
     base = ClassifierConfig.load(out / CONFIG_FILE) if ckpt else ClassifierConfig()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierConfig)
              if getattr(args, f.name, None) is not None and f.name != "out"}
-    if ckpt:
-        check_unchanged(base, given, out / CONFIG_FILE, ckpt, ARCHITECTURE_FIELDS, VALIDATION_FIELDS, PATH_FIELDS)
+    name = changed_field(base, given, (*ARCHITECTURE_FIELDS, *VALIDATION_FIELDS), PATH_FIELDS) if ckpt else None
+    if name is not None:
+        raise locked_field_error(base, given, name, "--" + name.replace("_", "-"), out / CONFIG_FILE, ckpt,
+                                 architecture=name in ARCHITECTURE_FIELDS, is_path=name in PATH_FIELDS)
     cfg = dataclasses.replace(base, **given, out=str(out))
     for name in ("cache", "labels", "folds"):
         if not getattr(cfg, name):

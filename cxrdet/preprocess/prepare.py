@@ -31,7 +31,7 @@ from cxrdet.preprocess.cache import (CacheReader, CacheSettings, CacheWriter, ch
                                      partial_path)
 from cxrdet.preprocess.outputs import check_output_files
 from cxrdet.preprocess.pipeline import init_worker, prepare_job
-from cxrdet.preprocess.tables import write_tables
+from cxrdet.preprocess.tables import features_path, write_tables
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -161,11 +161,13 @@ def _finished_ids(out: Path, settings: CacheSettings) -> set[str] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = CacheSettings(size=args.size, voi=args.voi, j2k_reduce=not args.exact_j2k)
+    try:
+        settings = CacheSettings(size=args.size, voi=args.voi, j2k_reduce=not args.exact_j2k)
+    except UserError as e:
+        raise UserError(f"{e} (flags --size, --voi)") from None
     shard = parse_shard(args.shard)
     errors_out = args.errors_out or errors_path(args.out)
-    features_out = args.features_out or args.meta_out.with_name(
-        f"{args.meta_out.stem}_pixel_features.csv")
+    features_out = args.features_out or features_path(args.meta_out)
     check_output_files({"--out": args.out, "--meta-out": args.meta_out,
                         "--errors-out": errors_out, "--features-out": features_out})
     failures = FailureLog()

@@ -1,14 +1,15 @@
-"""Continuing a run folder: which checkpoint to resume from, and which settings may not change.
+"""Continuing a run folder, for both training commands (``cxrdet train``, ``cxrdet train-classifier``).
 
-``--resume`` continues RUN_DIR and fails when there is nothing to continue; ``--resume auto``
-continues when there is something and starts fresh otherwise, so a SLURM requeue can rerun the
-very same command. The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM checkpoints
-(``RUN_DIR/hpc_ckpt_N.ckpt``, written when the job is signalled before preemption) is used.
+A run continues from the newest of ``checkpoints/last.ckpt`` and Lightning's SLURM checkpoints
+(``RUN_DIR/hpc_ckpt_N.ckpt``, written when the job is signalled before preemption). Mode
+``always`` needs one, mode ``auto`` continues when there is one and starts fresh otherwise (so a
+SLURM requeue reruns the very same command), no mode refuses a folder that already holds a run.
 
 A resumed run keeps its architecture (the checkpoint must fit the network) and its validation
 (the monitored score of every epoch must score the same images against the same labels, or
 ``best.ckpt`` would be picked across different validations). Which config fields those are is
-each model's business (``ARCHITECTURE_FIELDS`` / ``VALIDATION_FIELDS`` of its config module).
+each model's (``ARCHITECTURE_FIELDS`` / ``VALIDATION_FIELDS`` of its config module); the command
+modules turn :func:`changed_field` into the message naming their flag.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from cxrdet.errors import UserError
 CKPT_DIR = "checkpoints"
 LAST = "last.ckpt"
 HPC_GLOB = "hpc_ckpt_*.ckpt"  # Lightning's SLURM checkpoints, written to the Trainer's default_root_dir
-RESUME_ALWAYS = "always"  # `--resume`: RUN_DIR must hold a run
-RESUME_AUTO = "auto"  # `--resume auto`: continue when RUN_DIR holds a run, else start fresh
+RESUME_ALWAYS = "always"  # the run folder must hold a run
+RESUME_AUTO = "auto"  # continue when the run folder holds a run, else start fresh
 
 
 def find_checkpoint(out: str | os.PathLike) -> Path | None:
@@ -34,8 +35,8 @@ def find_checkpoint(out: str | os.PathLike) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def resume_from(out: str | os.PathLike, mode: str | None) -> Path | None:
-    """The checkpoint to continue from under ``--resume [auto]`` (None = start fresh), or a UserError."""
+def checkpoint_to_resume(out: str | os.PathLike, mode: str | None) -> Path | None:
+    """The checkpoint to continue from in ``mode`` (None = start fresh), or a UserError saying why not."""
     ckpt = find_checkpoint(out)
     if mode == RESUME_ALWAYS and ckpt is None:
         raise UserError(f"--resume: {Path(out) / CKPT_DIR / LAST} does not exist; nothing to continue "
@@ -53,19 +54,22 @@ def _same(name: str, old: Any, new: Any, path_fields: Sequence[str]) -> bool:
     return old == new
 
 
-def check_unchanged(base: Any, given: dict[str, Any], source: str | os.PathLike, last: Path,
-                    architecture: Sequence[str], validation: Sequence[str], path_fields: Sequence[str]) -> None:
-    """Refuse flags that would change the architecture or the validation of the run being resumed."""
-    for name in (*architecture, *validation):
-        old = getattr(base, name)
-        if name not in given or _same(name, old, given[name], path_fields):
-            continue
-        flag = "--" + name.replace("_", "-")
-        why = ("it fixes the network the checkpoint was trained as" if name in architecture else
-               "it defines the validation that best.ckpt was chosen on")
-        moved = f", or edit {name!r} in {source} if the file only moved" if name in path_fields else ""
-        raise UserError(
-            f"{source}: --resume cannot change {flag}: the run has {old!r}, the command line gives "
-            f"{given[name]!r} ({why}). Drop {flag} to continue the run as it is{moved}, or start a new "
-            f"--out (add --weights {last} to start from this run's weights)"
-        )
+def changed_field(base: Any, given: dict[str, Any], fields: Sequence[str], path_fields: Sequence[str]) -> str | None:
+    """The first of ``fields`` that ``given`` would change in ``base`` (None: none); paths compare as files."""
+    for name in fields:
+        if name in given and not _same(name, getattr(base, name), given[name], path_fields):
+            return name
+    return None
+
+
+def locked_field_error(base: Any, given: dict[str, Any], name: str, flag: str, source: str | os.PathLike,
+                       last: Path, architecture: bool, is_path: bool) -> UserError:
+    """The message refusing ``flag`` (config field ``name``) on resume: both values, why, the fix."""
+    why = ("it fixes the network the checkpoint was trained as" if architecture else
+           "it defines the validation that best.ckpt was chosen on")
+    moved = f", or edit {name!r} in {source} if the file only moved" if is_path else ""
+    return UserError(
+        f"{source}: --resume cannot change {flag}: the run has {getattr(base, name)!r}, the command line "
+        f"gives {given[name]!r} ({why}). Drop {flag} to continue the run as it is{moved}, or start a new "
+        f"--out (add --weights {last} to start from this run's weights)"
+    )
