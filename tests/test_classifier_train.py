@@ -100,6 +100,16 @@ def test_resume_continues_and_locks_validation_flags(run, vinbig, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_pickled_weights_are_refused_by_the_command(vinbig, tmp_path, capsys):
+    from cxrdet.classifier.backbones import build_backbone
+
+    torch.save(build_backbone("resnet18", 1000), tmp_path / "model.pth")  # a pickled nn.Module
+    assert cli(train_args(vinbig, tmp_path / "run", "--weights", str(tmp_path / "model.pth"))) == 2
+    err = capsys.readouterr().err
+    assert "model.pth was refused: it is not a plain state dict" in err and "Traceback" not in err
+    assert not (tmp_path / "run/checkpoints").exists()
+
+
 @pytest.mark.slow
 def test_multiclass_image_folder_of_pngs(tmp_path):
     images = make_image_folder(tmp_path / "images", per_class=24)

@@ -38,8 +38,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def aligned(labels, probs) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """(class names, truth, probabilities, notes) on the images and classes both files have."""
-    from cxrdet.classifier.labels import LabelSet  # noqa: F401 (type of labels)
-
     notes = []
     common = sorted(set(labels.image_ids) & set(probs.image_ids))
     if not common:
