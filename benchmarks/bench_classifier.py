@@ -13,7 +13,8 @@ bare forward loop.
    DataLoader workers, resizing, forward, the probability CSV and provenance writes).
    Goal: classify >= 0.9x the bare loop.
 
-Each is timed ``--repeats`` times alternately after a warm-up, and the best of each counts.
+Each is timed ``--repeats`` times after a warm-up, alternating which of the two goes first, and
+the best run of each counts (the one least disturbed by other processes).
 Data: synthetic cache images (tests/classifier_fixtures.py style); weights: random (speed does
 not depend on training).
 
@@ -202,11 +203,12 @@ def main(args: argparse.Namespace) -> int:
 
         cfg = record_table(cfg, table)
         plain, lightning, bare, classify = [], [], [], []
-        for r in range(args.repeats):
-            torch.manual_seed(r)
-            plain.append(plain_run(cfg, table, args.warmup, args.steps, device))
-            torch.manual_seed(r)
-            lightning.append(lightning_run(cfg, table, args.warmup, args.steps))
+        for r in range(args.repeats):  # alternate who goes first: neither profits from the other's warm-up
+            runs = [lambda: plain.append(plain_run(cfg, table, args.warmup, args.steps, device)),
+                    lambda: lightning.append(lightning_run(cfg, table, args.warmup, args.steps))]
+            for run in (runs if r % 2 == 0 else runs[::-1]):
+                torch.manual_seed(r)
+                run()
         artifact = write_artifact(cfg, root / "export")
         classify_run(artifact, paths["cache"], root / "warm.csv", args.batch_size, args.classify_workers, device.type)
         for r in range(args.repeats):

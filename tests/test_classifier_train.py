@@ -124,8 +124,11 @@ def test_multiclass_image_folder_of_pngs(tmp_path):
     best = metrics(out)["val_score"].max()
     assert best >= 0.8  # chance is 1/3
     probs = tmp_path / "probs.csv"
+    (images / "Disc" / "zz_broken.png").write_bytes(b"\x89PNG truncated")  # after prepare: classify meets it
     assert cli(["classify", "--model", str(out / "export"), "--image-dir", str(images), "--workers", "0",
-                "--out", str(probs)]) == 0
+                "--out", str(probs)]) == 3
+    errors = pd.read_csv(tmp_path / "probs.errors.csv")
+    assert errors["item"].tolist() == ["Disc__zz_broken"] and "not a readable PNG" in errors["reason"][0]
     assert cli(["evaluate-classifier", "--labels", str(images), "--probs", str(probs), "--out",
                 str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval/metrics.json").read_text())
