@@ -2,7 +2,7 @@
 
 inputs (DICOM folder | HDF5 cache | PNGs + sizes CSV) -> DataLoader (workers) -> detector(s),
 optional hflip TTA, fused with WBF (cache pixels) -> ORIGINAL DICOM pixels, clipped -> gate
-(DESIGN.md §6, stored thresholds unless overridden) -> submission (atomic, every image once),
+(cxrdet/gate/rules.py, stored thresholds unless overridden) -> submission (atomic, every image once),
 plus an image-level CSV, overlays, an errors CSV and a provenance record (which detector
 artifacts, trained on which folds, predicted which images: :mod:`cxrdet.formats.provenance`).
 
@@ -28,13 +28,12 @@ from tqdm import tqdm
 
 from cxrdet.boxes import HW
 from cxrdet.classes import NO_FINDING
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, to_original
 from cxrdet.device import torch_device
 from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
 from cxrdet.flags import RenamedFlag, add_device_flag
 from cxrdet.formats.failures import FailureLog, errors_path
 from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
-from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
 from cxrdet.formats.provenance import model_record, write_provenance
 from cxrdet.inference.sources import (
