@@ -1,1 +1,3 @@
-"""Pieces shared by the Lightning trainers (the detector and the image-level classifier)."""
+"""What the Lightning training commands share (detector and classifier): the run folder's
+checkpoints and ``--resume [auto]``, locked fields on resume, the LR schedule, the Trainer, and
+the experiment loggers (``--logger``)."""

@@ -49,13 +49,13 @@ def mlflow_tracking_uri(run_dir: str | Path) -> str:
     return f"sqlite:///{(Path(run_dir) / MLFLOW_DB).resolve()}"
 
 
-def build_loggers(names: Iterable[str], run_dir: str | Path, experiment: str, run_name: str | None = None) -> list:
+def build_loggers(names: Iterable[str] | None, run_dir: str | Path, experiment: str, run_name: str | None = None) -> list:
     """Lightning loggers for ``names`` (see :func:`parse_loggers`), all writing under ``run_dir``."""
     from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
     run_dir = Path(run_dir)
     out = []
-    for name in parse_loggers(names):
+    for name in parse_loggers(None if names is None else list(names)):
         if name == "csv":
             out.append(CSVLogger(run_dir, name="logs"))
         elif name == "tensorboard":
