@@ -20,10 +20,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "split": ("cxrdet.split", "multilabel-stratified K-fold split of a label CSV"),
     "train": ("cxrdet.detector.train", "train the Faster R-CNN detector (Lightning, DDP)"),
     "val": ("cxrdet.validate", "score a trained detector on its validation fold (no training)"),
+    "train-classifier": ("cxrdet.classifier.train", "train an image-level classifier (multi-label or multi-class)"),
     "train-gate": ("cxrdet.gate.train", "train the XGBoost normal/abnormal gate"),
     "infer": ("cxrdet.inference.infer", "batch inference -> submission CSV (+ overlays)"),
     "merge-submissions": ("cxrdet.inference.merge", "combine shard submissions into one CSV"),
+    "classify": ("cxrdet.inference.classify", "image-level class probabilities from trained classifier(s)"),
+    "merge-probabilities": ("cxrdet.inference.merge_probabilities", "combine shard probability CSVs of classify"),
     "evaluate": ("cxrdet.evaluate", "score a submission with the competition's mAP@0.4"),
+    "evaluate-classifier": ("cxrdet.classifier.evaluate", "score a probability CSV (AUROC with CI, calibration, ...)"),
     "demo": ("cxrdet.demo", "the whole pipeline end to end on synthetic data"),
 }
 

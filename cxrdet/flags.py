@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from cxrdet.device import DEVICE_FORMS, parse_device
+from cxrdet.device import DEVICE_FORMS, lightning_devices, parse_device
 from cxrdet.errors import UserError
 
 DEFAULT_SEED = 0  # one default for every --seed, so "same command, same result" needs no seed flag
@@ -48,3 +48,22 @@ def add_device_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", type=device_arg, default="auto", metavar="DEVICE",
                    help=f"where {what}: {DEVICE_FORMS}; auto = GPU 0 when torch sees one, else cpu "
                         "(default: auto)")
+
+
+def add_training_device_flag(p: argparse.ArgumentParser) -> None:
+    """``--device`` of the training commands: a one-device shorthand for ``--accelerator/--devices``."""
+    p.add_argument("--device", type=device_arg, default=None, metavar="DEVICE",
+                   help=f"one-device shorthand for --accelerator/--devices: {DEVICE_FORMS}; cuda:1 = GPU 1 "
+                        "(--accelerator gpu --devices 1,), cuda = one GPU, cpu = one process, auto = one "
+                        "device of any kind; not together with --accelerator/--devices")
+
+
+def apply_device_shorthand(args: argparse.Namespace) -> None:
+    """``--device X`` -> the ``--accelerator``/``--devices`` pair it stands for (in place)."""
+    if getattr(args, "device", None) is None:
+        return
+    if args.accelerator is not None or args.devices is not None:
+        raise UserError(f"--device {args.device} is a shorthand for --accelerator/--devices; give one or the other")
+    accelerator, devices = lightning_devices(args.device)
+    args.accelerator = accelerator
+    args.devices = ",".join(map(str, devices)) + "," if isinstance(devices, list) else str(devices)

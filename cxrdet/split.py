@@ -3,6 +3,9 @@
 Stratifies over the 15 image-level labels (:func:`cxrdet.formats.labels.image_level_labels`) with
 iterative-stratification, so rare findings (Pneumothorax, Atelectasis) land in every fold that
 their count allows. Writes ``image_id,fold`` (fold in 0..K-1) and prints per-fold class counts.
+
+``--labels`` may also be a classifier label source (an NIH-style CSV or a folder per class, see
+:mod:`cxrdet.classifier.labels`): the split then stratifies over that source's classes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,52 @@ def make_folds(labels: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"image_id": y.index.to_numpy(dtype=object), "fold": fold})
 
 
+def make_folds_from_matrix(ids: list[str], y: np.ndarray, k: int, seed: int = 0) -> pd.DataFrame:
+    """``DataFrame(image_id, fold)`` stratified over the binary columns of ``y`` ([n, C])."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    if not 2 <= k <= len(ids):
+        raise UserError(f"{k} folds for {len(ids)} labelled images; use 2..{len(ids)} folds")
+    if y.shape[1] == 1:
+        y = np.hstack([y, 1 - y])  # iterative-stratification wants >= 2 label columns
+    fold = np.full(len(ids), -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for i, (_, test_idx) in enumerate(splitter.split(np.zeros((len(ids), 1)), y)):
+        fold[test_idx] = i
+    return pd.DataFrame({"image_id": np.asarray(ids, dtype=object), "fold": fold})
+
+
+def split_label_source(args: argparse.Namespace) -> int:
+    """NIH-style CSV or folder per class: stratify over the source's classes."""
+    from cxrdet.classifier.labels import read_label_source
+
+    source = read_label_source(args.labels)
+    y = source.positives()
+    folds = make_folds_from_matrix(source.image_ids, y, args.n_folds, args.seed)
+    counts = pd.DataFrame(y, columns=source.class_names).groupby(folds["fold"].to_numpy()).sum().T
+    counts.loc["images"] = folds["fold"].value_counts().sort_index().to_numpy()
+    counts.columns = [f"fold {c}" for c in counts.columns]
+    write_folds(Path(args.out), dict(zip(folds["image_id"], folds["fold"])))
+    print(f"{len(folds)} images ({source.source} labels) in {args.n_folds} folds (seed {args.seed}); "
+          "images per class and fold:")
+    print(counts.to_string())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _is_vinbigdata(path: str) -> bool:
+    from cxrdet.formats.labels import LABEL_COLUMNS
+
+    p = Path(path)
+    if not p.is_file():
+        return not p.is_dir()  # a missing file: read_labels says so
+    try:
+        header = list(pd.read_csv(p, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return True  # read_labels reports the unreadable file
+    return all(c in header for c in LABEL_COLUMNS) or "Image Index" not in header
+
+
 def fold_class_counts(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     """Images per class (rows, class names) and fold (columns), plus an ``images`` row."""
     y = image_level_labels(labels)
@@ -58,7 +107,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Multilabel-stratified K-fold split of a label CSV, by image "
                                 "(iterative-stratification over the 15 image-level labels).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--labels", required=True, help="label CSV (VinBigData train.csv format)")
+    p.add_argument("--labels", required=True, help="label CSV (VinBigData train.csv format); also an NIH-style "
+                   "CSV (Image Index, Finding Labels) or a folder per class (`cxrdet train-classifier` labels)")
     p.add_argument("--n-folds", type=int, default=5, metavar="K", help="number of folds K")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="shuffle seed; same seed, same split")
     p.add_argument("--out", required=True, help="output FOLDS.csv with columns image_id,fold")
@@ -69,6 +119,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if args.n_folds < 2:
         raise UserError(f"--n-folds must be at least 2 for a K-fold split, got {args.n_folds}")
+    if not _is_vinbigdata(args.labels):
+        return split_label_source(args)
     labels = read_labels(args.labels)
     folds = make_folds(labels, args.n_folds, args.seed)
     out = Path(args.out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from cxrdet.classifier.config import ClassifierConfig
 from cxrdet.cli import COMMANDS
 from cxrdet.detector.config import DetectorConfig
 from cxrdet.flags import DEFAULT_SEED
@@ -17,10 +18,11 @@ def _actions(name: str) -> dict[str, argparse.Action]:
 
 def test_every_seed_defaults_to_the_one_default():
     seeded = {name: _actions(name)["--seed"] for name in COMMANDS if "--seed" in _actions(name)}
-    assert set(seeded) == {"synth", "split", "train", "train-gate", "demo"}
+    assert set(seeded) == {"synth", "split", "train", "train-gate", "demo", "train-classifier", "evaluate-classifier"}
     for name, action in seeded.items():
         # train's flags default to None: its DetectorConfig holds the value (resume keeps the run's)
-        default = DetectorConfig().seed if name == "train" else action.default
+        default = DetectorConfig().seed if name == "train" else ClassifierConfig().seed \
+            if name == "train-classifier" else action.default
         assert default == DEFAULT_SEED == 0, name
 
 

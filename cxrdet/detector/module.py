@@ -19,8 +19,6 @@ competition metric, where class 14 is one of the 15 scored classes.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -32,15 +30,7 @@ from cxrdet.detector.config import DetectorConfig
 from cxrdet.detector.model import build_detector, load_pretrained
 from cxrdet.detector.predict import outputs_to_detections
 from cxrdet.detector.transforms import to_model_input
-
-
-def warmup_cosine(step: int, total: int, warmup: int, warmup_factor: float, min_ratio: float) -> float:
-    """LR multiplier: linear warmup from ``warmup_factor`` to 1, then cosine down to ``min_ratio``."""
-    if warmup > 0 and step < warmup:
-        return warmup_factor + (1.0 - warmup_factor) * step / warmup
-    span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+from cxrdet.training.schedule import warmup_cosine  # noqa: F401 (also imported from here by tests)
 
 
 def with_no_finding(det: Detections) -> Detections:

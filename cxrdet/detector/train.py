@@ -32,11 +32,10 @@ from cxrdet.detector.resume import (
     RESUME_ALWAYS,
     RESUME_AUTO,
     changed_field,
-    find_checkpoint,
 )
-from cxrdet.device import DEVICE_FORMS, lightning_devices
 from cxrdet.errors import UserError
-from cxrdet.flags import RenamedFlag, device_arg
+from cxrdet.flags import RenamedFlag, add_training_device_flag, apply_device_shorthand
+from cxrdet.training.resume import checkpoint_to_resume, locked_field_error
 
 CONFIG_FILE = "config.json"
 EXPORT_DIR = "export"
@@ -118,10 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs = "+" if isinstance(default, list) else None
         p.add_argument(flag, type=typ, nargs=nargs, default=None, choices=CHOICES.get(flag), dest=dest,
                        metavar=_metavar(flag, typ), help=f"{text} (default: {default!r})")
-    p.add_argument("--device", type=device_arg, default=None, metavar="DEVICE",
-                   help=f"one-device shorthand for --accelerator/--devices: {DEVICE_FORMS}; cuda:1 = GPU 1 "
-                        "(--accelerator gpu --devices 1,), cuda = one GPU, cpu = one process, auto = one "
-                        "device of any kind; not together with --accelerator/--devices")
+    add_training_device_flag(p)
     p.add_argument("--model", action=RenamedFlag, hint=_old_model_hint)
     p.add_argument("--sync-batchnorm", action="store_true", default=None,
                    help="SyncBatchNorm across CUDA devices (on by itself for the v2 model; off on CPU)")
@@ -153,14 +149,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[DetectorConfig, Path | Non
 
 def resume_from(out: Path, mode: str | None) -> Path | None:
     """The checkpoint to continue from under ``--resume [auto]`` (None = start fresh), or a UserError."""
-    ckpt = find_checkpoint(out)
-    if mode == RESUME_ALWAYS and ckpt is None:
-        raise UserError(f"--resume: {out / CKPT_DIR / LAST} does not exist; nothing to continue "
-                        "(train without --resume first, or pass --resume auto to start fresh when empty)")
-    if mode is None and ckpt is not None:
-        raise UserError(f"{out} already holds a run ({ckpt}); pass --resume to continue it "
-                        "(--resume auto in scripts that may rerun) or choose a new --out")
-    return ckpt
+    return checkpoint_to_resume(out, mode)
 
 
 def flag_of(field: str) -> str:
@@ -173,26 +162,8 @@ def check_unchanged(base: DetectorConfig, given: dict, source: Path, last: Path)
     name = changed_field(base, given)
     if name is None:
         return
-    flag = flag_of(name)
-    why = ("it fixes the network the checkpoint was trained as" if name in ARCHITECTURE_FIELDS else
-           "it defines the validation that best.ckpt was chosen on")
-    moved = f", or edit {name!r} in {source} if the file only moved" if name in PATH_FIELDS else ""
-    raise UserError(
-        f"{source}: --resume cannot change {flag}: the run has {getattr(base, name)!r}, the command line "
-        f"gives {given[name]!r} ({why}). Drop {flag} to continue the run as it is{moved}, or start a new "
-        f"--out (add --weights {last} to start from this run's weights)"
-    )
-
-
-def apply_device_shorthand(args: argparse.Namespace) -> None:
-    """``--device X`` -> the ``--accelerator``/``--devices`` pair it stands for (in place)."""
-    if getattr(args, "device", None) is None:
-        return
-    if args.accelerator is not None or args.devices is not None:
-        raise UserError(f"--device {args.device} is a shorthand for --accelerator/--devices; give one or the other")
-    accelerator, devices = lightning_devices(args.device)
-    args.accelerator = accelerator
-    args.devices = ",".join(map(str, devices)) + "," if isinstance(devices, list) else str(devices)
+    raise locked_field_error(base, given, name, flag_of(name), source, last,
+                             architecture=name in ARCHITECTURE_FIELDS, is_path=name in PATH_FIELDS)
 
 
 def sync_batchnorm_decision(cfg: DetectorConfig, on_cuda: bool, world_size: int) -> tuple[bool, str]:

@@ -5,6 +5,10 @@ image's detections after TTA/ensemble fusion and before the gate (0 when the cla
 detected), so it is the detector's own multi-label classification. ``p_abnormal`` is the gate's
 P(abnormal); it is empty (NaN) when inference ran without a gate. Images that failed to read
 have no row (even with ``--on-error normal``: there is no evidence to report).
+
+``cxrdet infer --classifier`` appends one ``clf_<class>`` column per class of the image-level
+classifier (its probability; the class name with characters other than letters, digits, ``-``
+and ``_`` replaced by ``_``) after the fixed columns.
 """
 
 from __future__ import annotations
@@ -22,6 +26,16 @@ from cxrdet.formats import atomic
 
 CLASS_COLUMNS = [f"p_{k}" for k in range(NUM_FINDINGS)]
 IMAGE_LEVEL_COLUMNS = ["image_id", "p_abnormal", *CLASS_COLUMNS]
+CLASSIFIER_PREFIX = "clf_"
+
+
+def classifier_column(class_name: str) -> str:
+    """``Nodule/Mass`` -> ``clf_Nodule_Mass``: the column of a classifier class."""
+    return CLASSIFIER_PREFIX + "".join(c if c.isalnum() or c in "-_" else "_" for c in class_name)
+
+
+def _extra_columns(names) -> list[str]:
+    return [c for c in dict.fromkeys(names) if c.startswith(CLASSIFIER_PREFIX)]
 
 
 def class_max_scores(det: Detections) -> np.ndarray:
@@ -41,13 +55,14 @@ def image_level_row(image_id: str, det: Detections, p_abnormal: float | None) ->
 
 def image_level_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows -> a frame with exactly :data:`IMAGE_LEVEL_COLUMNS`, sorted by image_id."""
-    df = pd.DataFrame(rows, columns=IMAGE_LEVEL_COLUMNS)
+    extra = _extra_columns(k for row in rows for k in row)
+    df = pd.DataFrame(rows, columns=IMAGE_LEVEL_COLUMNS + extra)
     return df.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
 def write_image_level(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
-    """Write the CSV atomically (:mod:`cxrdet.formats.atomic`)."""
-    return atomic.write_frame(path, frame[IMAGE_LEVEL_COLUMNS], float_format="%.6g")
+    """Write the CSV atomically (:mod:`cxrdet.formats.atomic`); ``clf_*`` columns after the fixed ones."""
+    return atomic.write_frame(path, frame[IMAGE_LEVEL_COLUMNS + _extra_columns(frame.columns)], float_format="%.6g")
 
 
 def read_image_level(path: str | os.PathLike) -> pd.DataFrame:

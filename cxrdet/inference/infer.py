@@ -84,7 +84,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "the submission (default: keep all; low-score boxes cost no mAP). The gate's class-14 rows "
                    "are its decision and are always kept")
     p.add_argument("--vis-min-score", action=RenamedFlag, hint=lambda v: f"renamed to --vis-conf {v}")
-    p.add_argument("--image-level-out", help="CSV image_id,p_abnormal,p_0..p_13")
+    p.add_argument("--image-level-out", help="CSV image_id,p_abnormal,p_0..p_13 (+ clf_<class> with --classifier)")
+    p.add_argument("--classifier", action="append", metavar="ARTIFACT_DIR",
+                   help="image-level classifier (`cxrdet train-classifier` RUN/export; repeat to average): its "
+                   "probabilities join --image-level-out as clf_<class> columns, from the same decoded images")
     p.add_argument("--errors-out", help="errors CSV (default: <out stem>.errors.csv beside --out)")
     p.add_argument("--on-error", choices=("fail", "normal"), default="fail",
                    help="failed images: fail = leave out of the submission (exit 3); normal = predict "
@@ -112,6 +115,7 @@ class Outputs:
     predictions: dict[str, Detections] = field(default_factory=dict)
     orig_sizes: dict[str, HW] = field(default_factory=dict)
     image_level: list[dict] = field(default_factory=list)
+    classifier_probs: dict[str, dict[str, float]] = field(default_factory=dict)  # id -> clf_<class> -> p
     failures: FailureLog = field(default_factory=FailureLog)
 
 
@@ -125,6 +129,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--low/--high override the gate's thresholds: they need --gate")
     if (args.folds is None) != (args.fold is None):
         raise UserError("--folds and --fold go together (predict the images of one fold)")
+    if getattr(args, "classifier", None) and not args.image_level_out:
+        raise UserError("--classifier adds columns to the image-level CSV: it needs --image-level-out")
     if args.batch_size < 1 or args.workers < 0:
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if not 0 < args.wbf_iou < 1:
@@ -291,8 +297,28 @@ def fail_all(samples: list[Sample], what: str, e: Exception, out: Outputs) -> No
         out.failures.add(s.image_id, f"{what}: {failure_reason(e)}")
 
 
-def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args) -> Outputs:
-    """The batched loop over ``source`` with a progress bar."""
+def classify_batch(samples: list[Sample], classifiers, device, out: Outputs) -> list[Sample]:
+    """Classifier probabilities of the batch (kept for the image-level rows); the samples it could
+    classify (a failed batch is listed and left out, so no image-level row lacks its columns)."""
+    from cxrdet.classifier.predict import ensemble_probabilities
+    from cxrdet.formats.image_level import classifier_column
+
+    models, names = classifiers
+    try:
+        probs = ensemble_probabilities(models, [s.image for s in samples], device)
+    except Exception as e:
+        fail_all(samples, "the classifier failed on its batch", e, out)
+        return []
+    cols = [classifier_column(n) for n in names]
+    for s, p in zip(samples, probs):
+        out.classifier_probs[s.image_id] = dict(zip(cols, p.tolist()))
+    return samples
+
+
+def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args,
+                  classifiers=None, device=None) -> Outputs:
+    """The batched loop over ``source`` with a progress bar (``classifiers``: ``(models, class
+    names)`` of ``--classifier``, run on the same decoded images)."""
     loader = DataLoader(
         source,
         batch_size=args.batch_size,
@@ -306,6 +332,8 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
             for s in batch:
                 if s.error is not None:
                     out.failures.add(s.image_id, s.error)
+            if good and classifiers:
+                good = classify_batch(good, classifiers, device, out)
             if good:
                 process_batch(good, models, gate, args, out)
             bar.update(len(batch))
@@ -329,7 +357,8 @@ def write_outputs(args, out: Outputs, models: list[dict]) -> None:
     write_submission(args.out, out.predictions, ids, out.orig_sizes)
     write_provenance(args.out, [run])
     if args.image_level_out:
-        write_image_level(args.image_level_out, image_level_frame(out.image_level))
+        rows = [{**row, **out.classifier_probs.get(row["image_id"], {})} for row in out.image_level]
+        write_image_level(args.image_level_out, image_level_frame(rows))
 
 
 def check_vis_names(vis_dir: str, ids: list[str]) -> None:
@@ -365,6 +394,19 @@ def warn_if_in_fold(args, records: list[dict]) -> None:
                 f"and trained on fold {args.fold}: these detections are in-fold (train-gate will refuse them)")
 
 
+def load_classifiers(dirs: list[str], device, settings) -> tuple[list, list[str]]:
+    """``(models, class names)`` of ``--classifier``: they see the detector's cache-size images
+    (resized to their own input size), so their cache windowing must be the detector's."""
+    from cxrdet.inference.classify import load_models
+
+    models, clf_settings, _ = load_models(dirs, device)
+    if clf_settings.voi != settings.voi:
+        raise UserError(f"--classifier {dirs[0]} was trained on a cache windowed with voi={clf_settings.voi}, the "
+                        f"detector on voi={settings.voi}; prepare them the same way")
+    log(f"classifier(s) {', '.join(dirs)}: {len(models[0][1].class_names)} classes -> clf_* columns")
+    return models, list(models[0][1].class_names)
+
+
 def log(message: str) -> None:
     print(f"infer: {message}", file=sys.stderr)
 
@@ -380,7 +422,8 @@ def main(args: argparse.Namespace) -> int:
     announce(args, source, models, settings, device, gate)
     warn_if_in_fold(args, records)
     start = time.perf_counter()
-    out = run_inference(source, models, gate, args)
+    classifiers = load_classifiers(args.classifier, device, settings) if getattr(args, "classifier", None) else None
+    out = run_inference(source, models, gate, args, classifiers, device)
     elapsed = time.perf_counter() - start
     write_outputs(args, out, records)
     n_ok = len(source) - len(out.failures)

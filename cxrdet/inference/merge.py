@@ -160,7 +160,10 @@ def main(args: argparse.Namespace) -> int:
     if args.image_level:
         from cxrdet.formats.image_level import IMAGE_LEVEL_COLUMNS
 
-        il_head, il_rows = merge_rows(args.image_level, IMAGE_LEVEL_COLUMNS)
+        il_head, il_rows = merge_rows(args.image_level, None)  # the shards' headers must agree
+        if il_head[:len(IMAGE_LEVEL_COLUMNS)] != IMAGE_LEVEL_COLUMNS:
+            raise UserError(f"{args.image_level[0]} line 1: expected header {','.join(IMAGE_LEVEL_COLUMNS)}[,clf_...], "
+                            f"found {','.join(il_head)}")
         check_image_level(il_rows, rows)
     errors = merge_errors(args.errors)
     runs, no_record = collect_provenance(args.shards)

@@ -1,4 +1,4 @@
-"""Which inputs a run processes: the DICOM files of a folder and shard ``i/n`` of the image ids.
+"""Which inputs a run processes: the DICOM (or PNG/JPEG) files of a folder and shard ``i/n`` of the image ids.
 
 Shared by ``cxrdet prepare``, ``cxrdet infer`` and the metadata script, so every machine of a
 sharded run computes the same disjoint, balanced split from the ids alone.
@@ -12,6 +12,7 @@ from pathlib import Path
 from cxrdet.dicomio.meta import DICOM_SUFFIXES, image_id_from_path
 from cxrdet.errors import UserError
 from cxrdet.formats.failures import FailureLog
+from cxrdet.preprocess.image_files import list_image_files
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -54,3 +55,17 @@ def list_dicoms(folder: Path, shard: tuple[int, int], failures: FailureLog) -> l
                         "<image_id>.dicom files")
     by_shard = select_shard(list(by_id), *shard)
     return [by_id[k] for k in by_shard]
+
+
+def list_images(folder: Path, shard: tuple[int, int], failures: FailureLog) -> dict[str, Path]:
+    """``{image_id: path}`` of the PNG/JPEG files under ``folder`` (recursive) in shard ``i`` of
+    ``n``; files whose id collides with an earlier file's are failures."""
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} is not a folder; point it at the PNG/JPEG files")
+    by_id, collisions = list_image_files(folder)
+    for rel, reason in collisions:
+        failures.add(rel, reason)
+    if not by_id:
+        raise UserError(f"no .png, .jpg or .jpeg files under {folder}; expected image files "
+                        "(in sub-folders per class for an ImageFolder layout)")
+    return {k: by_id[k] for k in select_shard(list(by_id), *shard)}

@@ -1,4 +1,4 @@
-"""The one path from a DICOM file to a cached image: used by ``prepare`` and by inference.
+"""The one path from a DICOM (or PNG/JPEG) file to a cached image: used by ``prepare`` and by inference.
 
 read (decode, rescale, VOI, invert) -> area-resize the float image to ``boxes.resized_hw`` ->
 uint8 -> pixel features. Resizing before quantising avoids rounding twice.
@@ -19,6 +19,7 @@ from cxrdet.dicomio.errors import BadDicomError
 from cxrdet.dicomio.read import read_dicom
 from cxrdet.preprocess.cache import CacheSettings
 from cxrdet.preprocess.features import pixel_features
+from cxrdet.preprocess.image_read import read_image_file
 
 
 @dataclass
@@ -52,17 +53,33 @@ def preprocess_file(path: str | os.PathLike, settings: CacheSettings,
     return PreparedImage(meta["image_id"], image, orig_hw, meta, features)
 
 
+def preprocess_image_file(path: str | os.PathLike, image_id: str, settings: CacheSettings,
+                          with_features: bool = True) -> PreparedImage:
+    """Read one PNG/JPEG and make its cache image (same resize as DICOM); ``BadImageError`` if bad."""
+    display, meta = read_image_file(path, image_id)
+    orig_hw = (int(meta["rows"]), int(meta["columns"]))
+    image = resize_display(display, resized_hw(orig_hw, settings.size))
+    features = pixel_features(image) if with_features else {}
+    return PreparedImage(image_id, image, orig_hw, meta, features)
+
+
 def init_worker() -> None:
     """Per-process set-up of a decoding worker."""
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
 
 
-def prepare_job(job: tuple[os.PathLike, CacheSettings]) -> tuple[str, PreparedImage | None, str]:
+def prepare_job(job: tuple) -> tuple[str, PreparedImage | None, str]:
     """Worker entry: ``(file name, PreparedImage or None, reason)``; lives here, not in the
-    command module, so spawned workers import only the pipeline (no pandas)."""
-    path, settings = job
-    name = os.path.basename(path)
+    command module, so spawned workers import only the pipeline (no pandas).
+
+    ``job`` is ``(dicom path, settings)`` or, for a PNG/JPEG, ``(path, settings, image_id,
+    listed name)`` (the id comes from the path relative to the folder, not the file alone).
+    """
+    path, settings = job[0], job[1]
+    name = job[3] if len(job) > 3 else os.path.basename(path)
     try:
+        if len(job) > 2:
+            return name, preprocess_image_file(path, job[2], settings), ""
         return name, preprocess_file(path, settings), ""
     except BadDicomError as e:
         return name, None, e.reason

@@ -1,5 +1,8 @@
 """``cxrdet prepare``: DICOM folder -> HDF5 cache + META.csv + pixel-feature CSV + errors CSV.
 
+``--image-dir`` takes a PNG/JPEG folder instead (recursive, so an ImageFolder layout
+``CLASS/…/img.png`` works); ids come from the relative paths (``preprocess.image_files``).
+
 Worker processes decode and resize; the parent alone writes HDF5 (h5py handles are not
 shareable across processes). Finished images are skipped on a rerun; a killed run resumes
 from ``<cache>.partial``. Bad files go to the errors CSV and the exit code is 3.
@@ -23,7 +26,7 @@ from cxrdet.dicomio.intensity import VOI_CHOICES
 from cxrdet.dicomio.meta import image_id_from_path
 from cxrdet.errors import UserError
 from cxrdet.formats.failures import FailureLog, errors_path
-from cxrdet.preprocess.listing import list_dicoms, parse_shard
+from cxrdet.preprocess.listing import list_dicoms, list_images, parse_shard
 from cxrdet.preprocess.cache import (CacheReader, CacheSettings, CacheWriter, check_settings,
                                      partial_path)
 from cxrdet.preprocess.outputs import check_output_files
@@ -36,7 +39,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Convert a folder of DICOM files (*.dicom, *.dcm) into an HDF5 image cache "
         "(long side --size, windowed, bright bone), a metadata CSV and a pixel-feature CSV. "
         "Reruns resume; bad files are listed in the errors CSV (exit code 3).")
-    p.add_argument("--dicom-dir", required=True, type=Path, help="folder of .dicom/.dcm files")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dicom-dir", type=Path, help="folder of .dicom/.dcm files")
+    src.add_argument("--image-dir", type=Path,
+                     help="folder of PNG/JPEG files (8/16-bit grey or RGB -> grey), searched recursively; "
+                     "image id = relative path without extension, folders joined by '__', unsafe "
+                     "characters -> '_' (e.g. Pneumonia/a b.png -> Pneumonia__a_b)")
     p.add_argument("--out", required=True, type=Path, help="HDF5 cache to write (e.g. train_1024.h5)")
     p.add_argument("--meta-out", required=True, type=Path, help="metadata CSV (one row per image)")
     p.add_argument("--size", type=int, default=CacheSettings.size,
@@ -63,8 +71,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _results(paths: list[Path], settings: CacheSettings, workers: int) -> Iterator[tuple]:
-    jobs = [(p, settings) for p in paths]
+def _jobs(dicom_dir: Path | None, image_dir: Path | None, shard: tuple[int, int],
+          failures: FailureLog, settings: CacheSettings) -> dict[str, tuple]:
+    """``{image_id: prepare_job argument}`` of the inputs of this shard."""
+    if image_dir is not None:
+        found = list_images(image_dir, shard, failures)
+        return {k: (p, settings, k, p.relative_to(image_dir).as_posix()) for k, p in found.items()}
+    return {image_id_from_path(p): (p, settings) for p in list_dicoms(dicom_dir, shard, failures)}
+
+
+def _results(jobs: list[tuple], workers: int) -> Iterator[tuple]:
     if workers <= 1 or len(jobs) <= 1:
         init_worker()
         yield from map(prepare_job, jobs)
@@ -93,21 +109,23 @@ def _results(paths: list[Path], settings: CacheSettings, workers: int) -> Iterat
         pool.shutdown(wait=True, cancel_futures=True)  # an interrupted run stops promptly
 
 
-def run_prepare(dicom_dir: Path, out: Path, settings: CacheSettings, workers: int = 1,
-                shard: tuple[int, int] = (0, 1), failures: FailureLog | None = None) -> int:
-    """Fill ``out`` with the shard's images; return how many were newly written.
+def run_prepare(dicom_dir: Path | None, out: Path, settings: CacheSettings, workers: int = 1,
+                shard: tuple[int, int] = (0, 1), failures: FailureLog | None = None,
+                image_dir: Path | None = None) -> int:
+    """Fill ``out`` with the shard's images (DICOMs, or PNG/JPEGs of ``image_dir``); return how
+    many were newly written.
 
     A finished ``out`` is reopened only when a new image has decoded: files that fail (and are
     retried on every rerun) never rename it, so a training run reading it is never disturbed.
     """
     failures = FailureLog() if failures is None else failures
-    paths = list_dicoms(dicom_dir, shard, failures)
+    jobs = _jobs(dicom_dir, image_dir, shard, failures, settings)
     finished = _finished_ids(out, settings)
     writer = CacheWriter(out, settings) if finished is None else None  # resume or start now
     done = finished if writer is None else writer.done
-    todo = [p for p in paths if image_id_from_path(p) not in done]
+    todo = [job for image_id, job in jobs.items() if image_id not in done]
     written = 0
-    results = _results(todo, settings, workers)  # a generator: nothing runs until iterated
+    results = _results(todo, workers)  # a generator: nothing runs until iterated
     try:
         bar = tqdm(total=len(todo), unit="img", desc="prepare", file=sys.stderr,
                    disable=None, dynamic_ncols=True)
@@ -153,7 +171,8 @@ def main(args: argparse.Namespace) -> int:
     check_output_files({"--out": args.out, "--meta-out": args.meta_out,
                         "--errors-out": errors_out, "--features-out": features_out})
     failures = FailureLog()
-    written = run_prepare(args.dicom_dir, args.out, settings, args.workers, shard, failures)
+    written = run_prepare(args.dicom_dir, args.out, settings, args.workers, shard, failures,
+                          image_dir=args.image_dir)
     with CacheReader(args.out, expect=settings) as cache:
         write_tables(cache, args.meta_out, features_out)
         total = len(cache)

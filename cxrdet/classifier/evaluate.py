@@ -1,0 +1,113 @@
+"""``cxrdet evaluate-classifier``: score a probability CSV (``cxrdet classify``) against labels.
+
+The label source is recognised as in ``train-classifier`` (VinBigData train.csv, NIH-style
+CSV, folder per class); images are those in both files. Multi-label: per-class AUROC with a
+bootstrap 95% interval, macro AUROC, ROC curves and a reliability diagram with the expected
+calibration error (soft labels count as positive from 0.5). Multi-class: accuracy, per-class
+precision / recall / F1 and a confusion matrix. Writes ``--out/metrics.json`` and PNGs under
+``--out/plots/``, prints a table (:mod:`cxrdet.classifier.scores` for the definitions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cxrdet.errors import UserError
+from cxrdet.flags import DEFAULT_SEED
+from cxrdet.formats import atomic
+
+SHOWN = 5
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Score class probabilities (`cxrdet classify --out`) against labels "
+                                            "with scikit-learn: AUROC + bootstrap CI, calibration / accuracy, "
+                                            "per-class P/R/F1, confusion matrix. JSON, PNGs and a printed table.")
+    p.add_argument("--labels", required=True, help="VinBigData train.csv, NIH-style CSV or a folder per class")
+    p.add_argument("--probs", required=True, help="probability CSV from `cxrdet classify`")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json and plots/")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples of the images for the 95%% AUROC intervals (0 = none; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap (default: %(default)s)")
+    return p
+
+
+def aligned(labels, probs) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """(class names, truth, probabilities, notes) on the images and classes both files have."""
+    notes = []
+    common = sorted(set(labels.image_ids) & set(probs.image_ids))
+    if not common:
+        raise UserError(f"no image id is in both the labels and the probabilities (e.g. labels {labels.image_ids[:3]}, "
+                        f"probabilities {probs.image_ids[:3]}); pass the probabilities of these labelled images")
+    unlabelled = sorted(set(probs.image_ids) - set(labels.image_ids))
+    if unlabelled:
+        notes.append(f"{len(unlabelled)} predicted image(s) have no label and are not scored, e.g. {unlabelled[:SHOWN]}")
+    unpredicted = sorted(set(labels.image_ids) - set(probs.image_ids))
+    if unpredicted:
+        notes.append(f"{len(unpredicted)} labelled image(s) have no probabilities and are not scored, "
+                     f"e.g. {unpredicted[:SHOWN]}")
+    names = [n for n in probs.class_names if n in labels.class_names]
+    if labels.task == "multiclass" and sorted(names) != sorted(labels.class_names):
+        raise UserError(f"the probabilities' classes {probs.class_names} are not the label folder's classes "
+                        f"{labels.class_names}; score a classifier trained on these classes")
+    if not names:
+        raise UserError(f"no class of the probabilities {probs.class_names} is among the labels' classes "
+                        f"{labels.class_names}")
+    skipped = [n for n in probs.class_names if n not in names]
+    if skipped:
+        notes.append(f"class(es) without labels, not scored: {', '.join(skipped)}")
+    sub = labels.subset(common)
+    p_index = {k: i for i, k in enumerate(probs.image_ids)}
+    rows = [p_index[k] for k in common]
+    p = probs.values[rows][:, [probs.class_names.index(n) for n in names]]
+    truth = sub.positives()[:, [labels.class_names.index(n) for n in names]]
+    return names, truth, p, notes
+
+
+def print_table(report: dict) -> None:
+    if report["task"] == "multiclass":
+        print(f"{'class':<28} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}")
+        for name, e in report["per_class"].items():
+            print(f"{name[:28]:<28} {e['precision']:>9.3f} {e['recall']:>7.3f} {e['f1']:>6.3f} {e['support']:>8d}")
+        print(f"accuracy {report['accuracy']:.4f} on {report['images']} images, macro F1 {report['macro_f1']:.4f}")
+        return
+    print(f"{'class':<28} {'pos':>6} {'AUROC':>7} {'95% CI':>15} {'ECE':>6}")
+    for name, e in report["per_class"].items():
+        lo, hi = e["auroc_ci95"]
+        ci = f"{lo:.3f}-{hi:.3f}" if lo is not None else "-"
+        auroc = f"{e['auroc']:.4f}" if np.isfinite(e["auroc"]) else "-"
+        print(f"{name[:28]:<28} {e['positives']:>6d} {auroc:>7} {ci:>15} {e['ece']:>6.3f}")
+    lo, hi = report["macro_auroc_ci95"]
+    ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None else ""
+    print(f"macro AUROC {report['macro_auroc']:.4f}{ci} over {len(report['classes_scored'])} classes, "
+          f"{report['images']} images; pooled ECE {report['ece_pooled']:.4f}")
+
+
+def main(args: argparse.Namespace) -> int:
+    from cxrdet.classifier import plots, scores
+    from cxrdet.classifier.labels import read_label_source
+    from cxrdet.formats.probabilities import read_probabilities
+
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    labels = read_label_source(args.labels)
+    names, truth, probs, notes = aligned(labels, read_probabilities(args.probs))
+    for note in notes:
+        print(f"evaluate-classifier: {note}", file=sys.stderr)
+    out = Path(args.out)
+    if labels.task == "multiclass":
+        report = scores.multiclass_report(names, truth.argmax(axis=1), probs)
+        pictures = [plots.plot_confusion(names, np.asarray(report["confusion_matrix"]), out / "plots/confusion_matrix.png")]
+    else:
+        report = scores.multilabel_report(names, truth, probs, args.bootstrap, args.seed)
+        pictures = [plots.plot_roc_curves(names, truth, probs, report, out / "plots/roc_curves.png"),
+                    plots.plot_reliability(report, out / "plots/reliability.png")]
+    report.update({"labels": str(args.labels), "probs": str(args.probs), "label_source": labels.source, "notes": notes})
+    atomic.write_json(out / "metrics.json", report)
+    print_table(report)
+    print(f"report {out / 'metrics.json'}; plots {', '.join(str(p) for p in pictures)}")
+    return 0

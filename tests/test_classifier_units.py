@@ -1,0 +1,209 @@
+"""Classifier pure parts: label sources (VinBigData soft labels, NIH CSV with bad rows, folder
+per class), pos_weight and the empty-class warning, the probability CSV, scores (ECE, bootstrap
+interval, multi-class report), augmentation shapes, weights loading (pickles refused), the
+Grad-CAM layer table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrdet.classifier.backbones import TARGET_LAYERS, build_backbone, load_weights, target_layer
+from cxrdet.classifier.config import ARCHS
+from cxrdet.classifier.data import positive_weights
+from cxrdet.classifier.labels import VINBIGDATA_CLASSES, folder_labels, read_label_source
+from cxrdet.classifier.scores import expected_calibration_error, multiclass_report, multilabel_report
+from cxrdet.classifier.transforms import AugmentSettings, augment, resize_square
+from cxrdet.errors import UserError
+from cxrdet.formats.nih import read_nih_labels
+from cxrdet.formats.probabilities import read_probabilities, write_probabilities
+
+from cxrdet.classifier.config import ClassifierConfig
+
+from classifier_fixtures import limit_threads, make_image_folder, make_vinbig, write_folds
+
+limit_threads()
+COLS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+
+
+def test_vinbigdata_soft_labels_are_reader_shares(tmp_path):
+    rows = [("a", "Aortic enlargement", 0, "R1", 1, 1, 5, 5), ("a", "Aortic enlargement", 0, "R1", 6, 6, 9, 9),
+            ("a", "Aortic enlargement", 0, "R2", 1, 1, 5, 5), ("a", "Cardiomegaly", 3, "R2", 1, 1, 5, 5),
+            ("a", "No finding", 14, "R3", "", "", "", ""),
+            ("b", "No finding", 14, "R1", "", "", "", "")]
+    pd.DataFrame(rows, columns=COLS).to_csv(tmp_path / "train.csv", index=False)
+    labels = read_label_source(tmp_path / "train.csv")
+    assert (labels.source, labels.task, labels.class_names) == ("vinbigdata", "multilabel", VINBIGDATA_CLASSES)
+    a = dict(zip(labels.class_names, labels.targets[0]))
+    assert a["Aortic enlargement"] == pytest.approx(2 / 3)  # R1's two boxes count once
+    assert a["Cardiomegaly"] == pytest.approx(1 / 3) and a["abnormal"] == pytest.approx(2 / 3)
+    assert labels.targets[1].sum() == 0
+    assert labels.positives()[0].tolist() == [1] + [0] * 13 + [1]  # majority of readers
+
+
+def test_nih_csv_classes_and_line_numbered_errors(tmp_path):
+    good = tmp_path / "nih.csv"
+    good.write_text("Image Index,Finding Labels,Patient Age\n00000001_000.png,Cardiomegaly|Effusion,58\n"
+                    "00000002_000.png,No Finding,81\n00000003_000.png,Effusion,22\n")
+    labels = read_label_source(good)
+    assert labels.source == "nih" and labels.class_names == ["Cardiomegaly", "Effusion"]
+    assert labels.image_ids == ["00000001_000", "00000002_000", "00000003_000"]
+    assert labels.targets.tolist() == [[1, 1], [0, 0], [0, 1]]
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Image Index,Finding Labels\n00000001_000.png,Cardiomegaly\n\n,Effusion\n"
+                   "00000003_000.png,No Finding|Effusion\n00000001_000.png,Effusion\n00000004_000.png,Mass||Nodule\n")
+    with pytest.raises(UserError) as e:
+        read_nih_labels(bad)
+    msg = str(e.value)
+    assert "4 bad row(s)" in msg
+    assert f"{bad}:4: empty 'Image Index'" in msg  # the blank line 3 is counted
+    assert f"{bad}:5:" in msg and "combines 'No Finding'" in msg
+    assert f"{bad}:6: image '00000001_000.png' is listed twice (first on line 2)" in msg
+    assert f"{bad}:7:" in msg and "empty finding" in msg
+
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="neither a VinBigData train.csv"):
+        read_label_source(tmp_path / "other.csv")
+
+
+def test_folder_labels_use_the_prepare_ids(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", per_class=2)
+    labels = folder_labels(root)
+    assert labels.task == "multiclass" and labels.class_names == ["Bars", "Disc", "Square"]
+    assert labels.image_ids[:2] == ["Bars__img_000", "Bars__img_001"]
+    assert labels.targets.tolist() == [0, 0, 1, 1, 2, 2]
+    (tmp_path / "one" / "A").mkdir(parents=True)
+    with pytest.raises(UserError, match="at least 2"):
+        folder_labels(tmp_path / "one")
+
+
+def test_pos_weight_and_classes_without_positives():
+    from cxrdet.classifier.labels import LabelSet
+
+    train = LabelSet("nih", "multilabel", ["A", "B", "C"], list("wxyz"),
+                     np.array([[1, 0, 0], [0, 0, 0], [0.5, 0, 0], [0, 1, 0]], np.float32))
+    weights, empty = positive_weights(train, cap=2.0)
+    assert weights == pytest.approx([2.5 / 1.5, 2.0, 1.0])  # B: 3/1 capped at 2; C has no positive
+    assert empty == ["C"]
+
+
+def test_probability_csv_round_trip_and_bad_rows(tmp_path):
+    path = write_probabilities(tmp_path / "p.csv", ["Nodule/Mass", "a,b"], {"y": np.array([0.5, 1.0]), "x": [0.25, 0]})
+    assert path.read_text().splitlines()[0] == 'image_id,Nodule/Mass,"a,b"'
+    probs = read_probabilities(path)
+    assert probs.image_ids == ["x", "y"] and probs.class_names == ["Nodule/Mass", "a,b"]
+    np.testing.assert_array_equal(probs.values, [[0.25, 0.0], [0.5, 1.0]])
+    (tmp_path / "bad.csv").write_text("image_id,A\nx,0.5\ny,1.5\nx,0.1\nz,abc\n")
+    with pytest.raises(UserError) as e:
+        read_probabilities(tmp_path / "bad.csv")
+    assert "bad.csv:3: probabilities must be in [0, 1]" in str(e.value)
+    assert "bad.csv:4: image_id 'x' also on line 2" in str(e.value) and "bad.csv:5:" in str(e.value)
+
+
+def test_scores_golden_values():
+    y = np.array([0, 0, 1, 1], float)
+    p = np.array([0.05, 0.15, 0.95, 0.65])
+    # bins: [0.0-0.1) {0.05: y0}, [0.1-0.2) {0.15: y0}, [0.9-1.0] {0.95: y1}, [0.6-0.7) {0.65: y1}
+    assert expected_calibration_error(y, p) == pytest.approx((0.05 + 0.15 + 0.05 + 0.35) / 4)
+    truth = np.array([[0, 1], [0, 0], [1, 1], [1, 0], [1, 1], [0, 0]])
+    probs = np.array([[0.1, 0.9], [0.2, 0.1], [0.8, 0.4], [0.3, 0.3], [0.9, 0.8], [0.4, 0.5]])
+    report = multilabel_report(["A", "B"], truth, probs, n_boot=200, seed=0)
+    assert report["per_class"]["A"]["auroc"] == pytest.approx(8 / 9)
+    assert report["per_class"]["B"]["auroc"] == pytest.approx(8 / 9)
+    assert report["macro_auroc"] == pytest.approx(8 / 9)
+    lo, hi = report["macro_auroc_ci95"]
+    assert 0.3 < lo <= 8 / 9 <= hi <= 1.0
+    mc = multiclass_report(["a", "b", "c"], np.array([0, 1, 2, 2]),
+                           np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.6, 0.3], [0.1, 0.1, 0.8]]))
+    assert mc["accuracy"] == 0.75 and mc["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    assert mc["per_class"]["b"]["precision"] == 0.5 and mc["per_class"]["c"]["recall"] == 0.5
+
+
+def test_augment_keeps_the_shape_and_flip_mirrors():
+    image = np.arange(48 * 40, dtype=np.uint32).reshape(48, 40).astype(np.uint8)
+    square = resize_square(image, 32)
+    assert square.shape == (32, 32) and square.dtype == np.uint8
+    flip_only = AugmentSettings(hflip_prob=1.0, affine_prob=0.0, color_prob=0.0)
+    np.testing.assert_array_equal(augment(square, np.random.default_rng(0), flip_only), square[:, ::-1])
+    busy = augment(square, np.random.default_rng(1), AugmentSettings(1.0, 1.0, 0.2, 0.1, 1.0, 0.2, 0.3))
+    assert busy.shape == (32, 32) and busy.dtype == np.uint8 and not np.array_equal(busy, square)
+
+
+def test_weights_from_a_local_state_dict_and_pickles_refused(tmp_path):
+    imagenet = build_backbone("resnet18", 1000)
+    torch.save(imagenet.state_dict(), tmp_path / "r18.pth")
+    model = build_backbone("resnet18", 3)
+    loaded = load_weights(model, tmp_path / "r18.pth", "resnet18", log=lambda m: None)
+    assert loaded == len(model.state_dict()) - 2  # all but the 1000-class fc weight and bias
+    assert torch.equal(model.conv1.weight, imagenet.conv1.weight)
+    torch.save(imagenet, tmp_path / "pickled.pth")  # a whole pickled module, not a state dict
+    with pytest.raises(UserError, match="refused: it is not a plain state dict"):
+        load_weights(build_backbone("resnet18", 3), tmp_path / "pickled.pth", "resnet18")
+    torch.save(build_backbone("mobilenet_v3_small", 3).state_dict(), tmp_path / "mnv3.pth")
+    with pytest.raises(UserError, match="expected a resnet18 state dict"):
+        load_weights(build_backbone("resnet18", 3), tmp_path / "mnv3.pth", "resnet18")
+
+
+def test_every_backbone_has_a_grad_cam_layer_with_a_4d_output():
+    assert set(TARGET_LAYERS) == set(ARCHS)
+    for arch in ("resnet18", "mobilenet_v3_small", "densenet121"):
+        model = build_backbone(arch, 2).eval()
+        seen = []
+        target_layer(model, arch).register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        with torch.no_grad():
+            assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+        assert len(seen) == 1 and len(seen[0]) == 4  # a conv feature map [B, C, h, w]
+
+
+def test_table_lists_uncached_images_and_warns_about_empty_classes(tmp_path):
+    from cxrdet.classifier.data import load_table
+
+    paths = make_vinbig(tmp_path, n=8)
+    extra = pd.DataFrame([("ghost", "No finding", 14, "R1", "", "", "", "")], columns=COLS)
+    pd.concat([pd.read_csv(paths["labels"]), extra]).to_csv(paths["labels"], index=False)
+    cfg = ClassifierConfig(cache=str(paths["cache"]), labels=str(paths["labels"]), folds=str(paths["folds"]))
+    table = load_table(cfg)
+    assert len(table.train_ids) + len(table.val_ids) == 8
+    assert any("1 labelled image(s)" in n and "ghost" in n for n in table.notes)
+    assert any("no positive example in the training folds for class(es) Atelectasis, Calcification" in n
+               for n in table.notes)
+    write_folds(paths["folds"], [f"img{k:04d}" for k in range(7)])  # one cached, labelled image without a fold
+    with pytest.raises(UserError, match="1 image\\(s\\) of labels .* have no fold"):
+        load_table(cfg)
+
+
+def test_split_stratifies_nih_and_folder_sources(tmp_path):
+    from cxrdet.cli import main as cli
+    from cxrdet.formats.folds import read_folds
+
+    root = make_image_folder(tmp_path / "imgs", per_class=4)
+    assert cli(["split", "--labels", str(root), "--n-folds", "2", "--out", str(tmp_path / "f.csv")]) == 0
+    folds = read_folds(tmp_path / "f.csv")
+    assert len(folds) == 12
+    for cls in ("Bars", "Disc", "Square"):  # stratified: every class split 2/2
+        assert sorted(folds[f"{cls}__img_{k:03d}"] for k in range(4)) == [0, 0, 1, 1]
+    nih = tmp_path / "nih.csv"
+    nih.write_text("Image Index,Finding Labels\n" + "".join(
+        f"{k:08d}_000.png,{'Effusion' if k % 2 else 'No Finding'}\n" for k in range(8)))
+    assert cli(["split", "--labels", str(nih), "--n-folds", "2", "--out", str(tmp_path / "n.csv")]) == 0
+    nf = read_folds(tmp_path / "n.csv")
+    assert sorted(nf[f"{k:08d}_000"] for k in range(1, 8, 2)) == [0, 0, 1, 1]
+
+
+@pytest.mark.slow
+def test_densenet_files_with_torchvisions_old_key_names_load(tmp_path):
+    import re
+
+    imagenet = build_backbone("densenet121", 1000).state_dict()
+    old = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in imagenet.items()
+           if not k.endswith("num_batches_tracked")}  # the 2017 file predates these buffers
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old  # the hosted file's spelling
+    torch.save(old, tmp_path / "densenet121-a639ec97.pth")
+    model = build_backbone("densenet121", 15)
+    assert load_weights(model, tmp_path / "densenet121-a639ec97.pth", "densenet121", log=lambda m: None) == \
+        len(old) - 2  # every tensor but the 1000-class classifier
+    assert torch.equal(model.features.denseblock1.denselayer1.norm1.weight,
+                       imagenet["features.denseblock1.denselayer1.norm1.weight"])
