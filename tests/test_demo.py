@@ -132,3 +132,14 @@ def test_demo_steps_speak_the_current_flags(tmp_path, monkeypatch):
     test_run = parsed["infer on the held-out test set"]
     assert (test_run.device, test_run.vis_conf, test_run.conf) == ("cpu", 0.15, None)  # submission keeps every box
     assert parsed["train gate + tune thresholds"].seed == 0
+
+
+def test_the_demo_trainer_runs_the_planned_steps(tmp_path):
+    """The Trainer the demo's train command builds stops at the plan's steps, not at an epoch count."""
+    from cxrdet.detector.train import build_trainer, get_args_parser, resolve_config
+
+    for plan in (DemoPlan(), QUICK):
+        argv = _recorded_argvs(tmp_path / str(plan.steps), plan)["train detector"]
+        cfg, _ = resolve_config(get_args_parser().parse_args(argv))
+        trainer = build_trainer(cfg, tmp_path / "ckpt")
+        assert trainer.max_steps == plan.steps and trainer.max_epochs == -1  # no epoch limit ends it first

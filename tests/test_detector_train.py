@@ -219,3 +219,12 @@ def test_ddp_validation_map_equals_single_process(tmp_path):
     (res,) = quiet_trainer().validate(module, datamodule=DetectorDataModule(cfg), verbose=False)
     assert res["val_images"] == 3
     assert res["val_map"] == pytest.approx(float(ddp_map.iloc[-1]), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_step_budget_outlasts_the_epoch_count(data, tmp_path):
+    # 2 steps per epoch here; --max-steps 3 with --epochs 1 must still train 3 steps (the demo's
+    # plan says N steps and the default 20 epochs must not end it first)
+    run = tmp_path / "run"
+    assert cli(cli_args(data, run, "--epochs", "1", "--max-steps", "3", "--devices", "1")) == 0
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3

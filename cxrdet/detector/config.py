@@ -86,7 +86,7 @@ class DetectorConfig:
 
     # --- trainer
     epochs: int = 20  # about what single Faster R-CNN models in the challenge needed at 1024 px
-    max_steps: int = -1  # -1 = run by epochs
+    max_steps: int = -1  # -1 = run by epochs; > 0 replaces epochs (a step budget, e.g. the demo's)
     accelerator: str = "auto"  # GPU when there is one
     devices: str = "auto"  # all visible devices of the node
     num_nodes: int = 1  # more under torchrun/SLURM

@@ -72,7 +72,7 @@ FLAGS: dict[str, tuple[type, str]] = {
     "--val-batch-size": (int, "images per device per validation step"),
     "--workers": (int, "DataLoader workers per device"),
     "--epochs": (int, "epochs"),
-    "--max-steps": (int, "stop after this many optimizer steps (-1 = by epochs)"),
+    "--max-steps": (int, "train exactly this many optimizer steps, whatever --epochs says (-1 = by epochs)"),
     "--accelerator": (str, "cpu, gpu, auto, ... (or the --device shorthand)"),
     "--devices": (str, "devices per node: auto, a count (2), or GPU indices (0,1; one index as 1,)"),
     "--num-nodes": (int, "nodes (torchrun / SLURM)"),
@@ -236,7 +236,9 @@ def build_trainer(cfg: DetectorConfig, ckpt_dir: Path):
     out = Path(cfg.out)
     return pl.Trainer(
         accelerator=cfg.accelerator, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=cfg.precision, max_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        strategy=cfg.strategy, precision=cfg.precision,
+        # a step budget replaces the epoch count (else the default 20 epochs could end it first)
+        max_epochs=-1 if cfg.max_steps > 0 else cfg.epochs, max_steps=cfg.max_steps,
         gradient_clip_val=cfg.grad_clip or None, gradient_clip_algorithm="norm",
         default_root_dir=out,  # Lightning's SLURM hpc_ckpt_N.ckpt lands in the run folder, not the cwd
         use_distributed_sampler=False,  # our EpochSampler and val DistributedSampler shard themselves

@@ -57,53 +57,66 @@ def tune_thresholds(detections: Mapping[str, Detections], p_abnormal: Mapping[st
     ``detections``: the detector's findings per image (original pixels); every image of
     ``gt_labels`` needs a ``p_abnormal``. Returns ``(low, high, table)``; the table has one row
     per tried pair (``low, high, map, map_no14, ap_14``) sorted best first; among equal mAPs the
-    earliest pair in grid order wins.
-
-    Matching is per image, so the gate only removes or keeps whole images' findings: the
-    findings are matched once and each pair just re-ranks, which gives exactly the mAP that
-    :func:`cxrdet.metrics.evaluate_detections` computes on :func:`apply_gate` outputs.
+    earliest pair in grid order wins. The best pair of a grid is optimistic on the images it
+    was picked on: :mod:`cxrdet.gate.selection` decides whether it may replace the defaults.
     """
-    gt = GroundTruth.from_labels(gt_labels)
-    ids = list(gt.image_ids)
-    lacking = [k for k in ids if k not in p_abnormal]
-    if lacking:
-        raise ValueError(f"p_abnormal is missing for {len(lacking)} image(s), e.g. {lacking[:5]}")
-    p = np.array([float(p_abnormal[k]) for k in ids])
-    if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
-        raise ValueError("p_abnormal values must be probabilities in [0, 1]")
-    # Findings in the order evaluate_detections would see them (gated dict = detections' order).
-    order = [k for k in detections if k in gt.image_ids] + [k for k in ids if k not in detections]
-    frame = detections_to_frame({k: detections.get(k, Detections.empty()) for k in order})
-    frame = frame[frame["class_id"] != NO_FINDING]
-    img = gt.image_ids.get_indexer(frame["image_id"])
-    cls = frame["class_id"].to_numpy(np.int64)
-    score = frame["score"].to_numpy(np.float64)
-    tp = match_detections(gt, img, cls, score, frame[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
-                          iou_thr)
-    order_img = gt.image_ids.get_indexer(order)
-    normal_img = np.zeros(len(ids), bool)
-    normal_img[gt.img[gt.cls == NO_FINDING]] = True
-    rows = []
-    for low, high in itertools.product(lows, highs):
-        if not low < high:
-            continue
-        rows.append(_score_pair(low, high, p, order_img, normal_img, img, cls, score, tp, gt, iou_thr))
+    scorer = GatedScorer(detections, p_abnormal, gt_labels, iou_thr)
+    rows = [{"low": low, "high": high, **scorer.score(low, high)}
+            for low, high in itertools.product(lows, highs) if low < high]
     if not rows:
         raise ValueError("no (low, high) pair with low < high in the grid")
     table = pd.DataFrame(rows).sort_values("map", ascending=False, kind="stable").reset_index(drop=True)
     return float(table["low"].iat[0]), float(table["high"].iat[0]), table
 
 
-def _score_pair(low, high, p, order_img, normal_img, img, cls, score, tp, gt, iou_thr) -> dict:
-    keep = p[img] >= low
-    p_o = p[order_img]
-    has14 = p_o < high
-    s14 = np.where(p_o < low, 1.0, 1.0 - p_o)[has14]
-    tp14 = normal_img[order_img][has14]  # [0,0,1,1] vs the normal box: IoU 1 on normal images
-    # Per image the gate puts findings first and class 14 last; classes are scored separately,
-    # so concatenating all findings then all class-14 rows ranks exactly as per-image order.
-    res = summarize(np.concatenate([tp[keep], tp14]),
-                    np.concatenate([cls[keep], np.full(len(s14), NO_FINDING)]),
-                    np.concatenate([score[keep], s14]), gt.cls, len(gt.image_ids), iou_thr)
-    return {"low": low, "high": high, "map": res.map, "map_no14": res.map_no14,
-            "ap_14": res.per_class[NO_FINDING]}
+class GatedScorer:
+    """mAP@iou_thr of :func:`apply_gate` outputs for any ``(low, high)``, and any image weights.
+
+    Matching is per image, so the gate only removes or keeps whole images' findings: the
+    findings are matched once and each pair just re-ranks, which gives exactly the mAP that
+    :func:`cxrdet.metrics.evaluate_detections` computes on the gated predictions. ``weights``
+    (copies per image, e.g. a bootstrap resample) repeats each image's ground truth and
+    predictions that many times, as if the copies were distinct images.
+    """
+
+    def __init__(self, detections: Mapping[str, Detections], p_abnormal: Mapping[str, float],
+                 gt_labels: pd.DataFrame, iou_thr: float = IOU_THR) -> None:
+        gt = GroundTruth.from_labels(gt_labels)
+        ids = list(gt.image_ids)
+        lacking = [k for k in ids if k not in p_abnormal]
+        if lacking:
+            raise ValueError(f"p_abnormal is missing for {len(lacking)} image(s), e.g. {lacking[:5]}")
+        p = np.array([float(p_abnormal[k]) for k in ids])
+        if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
+            raise ValueError("p_abnormal values must be probabilities in [0, 1]")
+        # Findings in the order evaluate_detections would see them (gated dict = detections' order).
+        order = [k for k in detections if k in gt.image_ids] + [k for k in ids if k not in detections]
+        frame = detections_to_frame({k: detections.get(k, Detections.empty()) for k in order})
+        frame = frame[frame["class_id"] != NO_FINDING]
+        self.image_ids, self.gt, self.p, self.iou_thr = gt.image_ids, gt, p, iou_thr
+        self.img = gt.image_ids.get_indexer(frame["image_id"])
+        self.cls = frame["class_id"].to_numpy(np.int64)
+        self.score_ = frame["score"].to_numpy(np.float64)
+        self.tp = match_detections(gt, self.img, self.cls, self.score_,
+                                   frame[["x_min", "y_min", "x_max", "y_max"]].to_numpy(), iou_thr)
+        self.order_img = gt.image_ids.get_indexer(order)
+        self.normal_img = np.zeros(len(ids), bool)
+        self.normal_img[gt.img[gt.cls == NO_FINDING]] = True
+
+    def score(self, low: float, high: float, weights: np.ndarray | None = None) -> dict:
+        """``{"map", "map_no14", "ap_14"}`` of the gated predictions at ``(low, high)``."""
+        p, o = self.p, self.order_img
+        w = np.ones(len(self.image_ids), np.int64) if weights is None else np.asarray(weights, np.int64)
+        keep = p[self.img] >= low
+        has14 = p[o] < high
+        s14 = np.where(p[o] < low, 1.0, 1.0 - p[o])[has14]
+        tp14 = self.normal_img[o][has14]  # [0,0,1,1] vs the normal box: IoU 1 on normal images
+        # Per image the gate puts findings first and class 14 last; classes are scored separately,
+        # so concatenating all findings then all class-14 rows ranks exactly as per-image order.
+        reps = np.concatenate([w[self.img[keep]], w[o[has14]]])
+        tp = np.repeat(np.concatenate([self.tp[keep], tp14]), reps)
+        cls = np.repeat(np.concatenate([self.cls[keep], np.full(len(s14), NO_FINDING)]), reps)
+        score = np.repeat(np.concatenate([self.score_[keep], s14]), reps)
+        gt_cls = np.repeat(self.gt.cls, w[self.gt.img])
+        res = summarize(tp, cls, score, gt_cls, int(w.sum()), self.iou_thr)
+        return {"map": res.map, "map_no14": res.map_no14, "ap_14": res.per_class[NO_FINDING]}

@@ -196,19 +196,21 @@ def run_ablation(args, X: pd.DataFrame, y: np.ndarray, gate: GateClassifier) -> 
 
 
 def choose_thresholds(args, gate: GateClassifier, dets, p_oof: pd.Series, labels: pd.DataFrame) -> dict:
-    """Tune low/high on the OOF P(abnormal) with the detections; else the default thresholds (0.08 / 0.95)."""
+    """Defaults unless tuning on the OOF P(abnormal) earns its place (cxrdet.gate.selection)."""
     info: dict = {}
     low, high = DEFAULT_LOW, DEFAULT_HIGH
     source = "the standard defaults: no --detections given, so nothing to tune on"
     if dets is not None:
-        from cxrdet.gate.rules import DEFAULT_HIGHS, DEFAULT_LOWS, tune_thresholds
+        from cxrdet.gate.selection import select_thresholds
 
         p = {str(i): float(v) for i, v in p_oof.items()}
         full = {i: dets.get(i, Detections.empty()) for i in p}
-        low, high, table = tune_thresholds(full, p, labels, DEFAULT_LOWS, DEFAULT_HIGHS)
-        source = "tuned on out-of-fold P(abnormal) with --detections (mAP@0.4 on the training labels)"
-        info["grid"] = _records(table)
-        info["tuned"] = {"low": float(low), "high": float(high)}
+        info["selection"] = select_thresholds(full, p, labels, seed=args.seed)
+        low, high = info["selection"]["low"], info["selection"]["high"]
+        if info["selection"]["decision"] == "tuned":
+            source = f"tuned on out-of-fold P(abnormal) with --detections: {info['selection']['reason']}"
+        else:
+            source = f"the standard defaults, kept: {info['selection']['reason']}"
     if args.low is not None or args.high is not None:
         low = args.low if args.low is not None else low
         high = args.high if args.high is not None else high
@@ -220,7 +222,11 @@ def choose_thresholds(args, gate: GateClassifier, dets, p_oof: pd.Series, labels
 
 
 def add_gated_map(ablation: dict, ids: list[str], dets: dict[str, Detections], labels) -> None:
-    """Best gated mAP@0.4 per feature set (each tuned on its own OOF p): what each group adds."""
+    """Best gated mAP@0.4 per feature set (each tuned on its own OOF p): what each group adds.
+
+    In-sample (the pair is picked on the images it is scored on), so optimistic: it compares
+    feature sets with each other, it is not the gate's expected mAP.
+    """
     from cxrdet.gate.rules import DEFAULT_HIGHS, DEFAULT_LOWS, tune_thresholds
 
     full = {i: dets.get(i, Detections.empty()) for i in ids}
@@ -297,6 +303,15 @@ def print_summary(out: Path, gate: GateClassifier, ablation: dict, report: dict)
     print(f"  thresholds low={gate.low_:g} high={gate.high_:g} ({gate.threshold_source_})")
     print(f"  OOF zones normal: {c['counts']['normal']}  abnormal: {c['counts']['abnormal']}")
     tuning = report.get("threshold_tuning") or {}
+    sel = tuning.get("selection")
+    if sel:
+        print(f"  threshold selection: {sel['decision']} ({sel['n_images']} OOF images, {sel['n_abnormal']} abnormal; "
+              f"minimum {sel['min_images']} / {sel['min_abnormal']})")
+        if "gain" in sel:
+            g, t = sel["gain"], sel["tuned"]
+            print(f"    tuned {t['low']:g}/{t['high']:g} on {sel['n_select']} images, tested on {sel['n_test']}: "
+                  f"mAP@0.4 {g['map_defaults']:.4f} (defaults) -> {g['map_tuned']:.4f}, gain {g['map']:+.4f} "
+                  f"[95% {g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]")
     if "map_gated" in tuning:
         print(f"  mAP@0.4 ungated {tuning['map_ungated']:.4f} -> gated {tuning['map_gated']:.4f}")
     print(f"wrote {out / 'gate.ubj'}, {out / 'gate_schema.json'}, {out / 'report.json'}, "

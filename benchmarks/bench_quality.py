@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Quality with its spread: mAP@0.4 of the demo's detector recipe over several training seeds.
+
+One demo's figure is one training seed on 60 test images: two seeds of the same recipe differed
+by 0.107 mAP, more than any effect we want to claim. This benchmark runs the demo's recipe
+(`cxrdet demo`'s DemoPlan: light R18-FPN, 256 px, its schedule, fold 0 of 4 for out-of-fold
+evidence) on ONE synthetic dataset for several training seeds, with a test set large enough
+that the bootstrap standard error of mAP@0.4 over test images is below 0.02 (measured and
+printed), and reports mean, standard deviation and per-seed mAP@0.4, with and without class 14.
+
+Protocol (every stage is the real command, in-process, as the demo calls it; commands.txt lists them):
+    synth (--seed-data) -> prepare train/test -> split 4 folds; then per training seed s:
+    train fold 0 (seed s) -> infer fold 0 (out-of-fold evidence) -> train-gate (seed s) ->
+    infer the test set with the gate at low 0 / high 1.01 (findings + class-14 row on every
+    image; the image-level CSV holds P(abnormal)) with --tta none and --tta hflip.
+    Rows, each for both TTA settings, are built from those predictions with cxrdet.gate.rules
+    apply_gate and scored with cxrdet.metrics.evaluate_detections on the test labels as given:
+      no gate                 the detector's findings only
+      gate 0.08/0.95          the challenge's defaults
+      gate tuned (all OOF)    the best grid pair on all OOF images (the old rule, in-sample)
+      gate train-gate choice  the pair train-gate saved (cxrdet.gate.selection's rule)
+      all-normal              every image `14 1 0 0 1 1` (no training; one figure)
+    Bootstrap SE: 200 resamples of the test images (cxrdet.gate.rules.GatedScorer weights),
+    per seed and row; the table prints the largest.
+
+    python benchmarks/bench_quality.py                  # full run, about 45 min on 2 cores
+    python benchmarks/bench_quality.py --quick          # smoke run: tiny data, 4 steps
+    python benchmarks/bench_quality.py --seeds 0 1 2 3 --out data/bench_quality
+
+Results: --out/results.json (every figure per seed and row), --out/quality.png (per-seed dots).
+
+Not measured yet (no quiet 45 minutes on the 2-core box so far). The only output below is a
+SMOKE RUN of --quick (tiny data, 4 steps: the figures are noise and prove only that it runs):
+
+    $ python benchmarks/bench_quality.py --quick --out /tmp/bq_quick2    (2026-12-02, 2 cores shared by ~9 processes)
+    mAP@0.4 on 16 synthetic test images, training seeds [0, 1] (...)
+    row                                        mean     std     SE  no14 mean     std  per seed (with 14 / without)
+    all-normal baseline                      0.0963  0.0000 0.0000     0.0000  0.0000  0.096/0.000
+    no gate | tta none                       0.0000  0.0000 0.0000     0.0000  0.0000  0.000/0.000  0.000/0.000
+    no gate | tta hflip                      0.0000  0.0000 0.0000     0.0000  0.0000  0.000/0.000  0.000/0.000
+    gate 0.08/0.95 | tta none                0.0963  0.0000 0.0887     0.0000  0.0000  0.096/0.000  0.096/0.000
+    gate 0.08/0.95 | tta hflip               0.0963  0.0000 0.0887     0.0000  0.0000  0.096/0.000  0.096/0.000
+    gate tuned (all OOF) | tta none          0.0963  0.0000 0.0887     0.0000  0.0000  0.096/0.000  0.096/0.000
+    gate tuned (all OOF) | tta hflip         0.0963  0.0000 0.0887     0.0000  0.0000  0.096/0.000  0.096/0.000
+    gate train-gate choice | tta none        0.0963  0.0000 0.0887     0.0000  0.0000  0.096/0.000  0.096/0.000
+    gate train-gate choice | tta hflip       0.0963  0.0000 0.0887     0.0000  0.0000  0.096/0.000  0.096/0.000
+    largest bootstrap SE 0.0887: NOT below the 0.02 goal
+    total 186 s (QUICK smoke run: not a measurement)
+
+    (4 steps find nothing, so every gated row is the gate's class-14 rows alone; the baseline's
+    SE now prints nan: it is one prediction, not bootstrapped.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxrdet.classes import NO_FINDING  # noqa: E402
+from cxrdet.demo import DemoPlan, Runner, fold_labels, prepare_out, write_all_normal  # noqa: E402
+from cxrdet.detections import Detections, detections_from_frame, detections_to_frame  # noqa: E402
+from cxrdet.formats.atomic import atomic_path, write_json  # noqa: E402
+from cxrdet.formats.image_level import read_image_level  # noqa: E402
+from cxrdet.formats.labels import read_labels  # noqa: E402
+from cxrdet.formats.submission import read_submission  # noqa: E402
+from cxrdet.gate.rules import DEFAULT_HIGH, DEFAULT_LOW, GatedScorer, apply_gate, tune_thresholds  # noqa: E402
+from cxrdet.metrics import evaluate_detections  # noqa: E402
+
+# 800 training images: fold 0 holds ~200 out-of-fold images, the minimum at which train-gate's
+# selection rule may move the thresholds at all; 500 test images: bootstrap SE ~0.015 (printed).
+FULL = DemoPlan(n_train=800, n_test=500)
+QUICK = DemoPlan(n_train=60, n_test=16, steps=4, warmup_steps=1)  # smoke only: 15 OOF images
+QUICK_GATE_FOLDS = 3  # 15 OOF images hold too few of each class for the gate's default 5 folds
+ROWS = ("no gate", "gate 0.08/0.95", "gate tuned (all OOF)", "gate train-gate choice")
+TTAS = ("none", "hflip")
+N_BOOT = 200  # SE to +-5% (relative) is enough to compare with 0.02
+SE_GOAL = 0.02
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="data/bench_quality", help="work folder (replaced on --overwrite)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="detector/gate training seeds (>= 3 for a spread)")
+    p.add_argument("--seed-data", type=int, default=0, help="seed of the synthetic data and the split")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 4 steps, seeds 0 1 (figures are noise)")
+    p.add_argument("--workers", type=int, default=2, help="processes for preprocessing and data loading")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    return p
+
+
+def prepare_data(run: Runner, plan: DemoPlan, seed: int, workers: str) -> None:
+    d = run.out
+    run("synthetic data", "synth", ["--out", str(d / "synth"), "--n-train", str(plan.n_train), "--n-test",
+        str(plan.n_test), "--scale", str(plan.scale), "--seed", str(seed), "--workers", workers])
+    for split in ("train", "test"):
+        run(f"prepare {split}", "prepare", ["--dicom-dir", str(d / "synth" / split), "--out", str(d / "cache" / f"{split}.h5"),
+            "--meta-out", str(d / "cache" / f"{split}_meta.csv"), "--size", str(plan.size), "--workers", workers])
+    run("split", "split", ["--labels", str(d / "synth" / "train.csv"), "--n-folds", str(plan.n_folds),
+        "--seed", str(seed), "--out", str(d / "folds.csv")])
+
+
+def train_seed(run: Runner, plan: DemoPlan, seed: int, workers: str, gate_folds: int = 5) -> Path:
+    """Detector + gate for one seed; test-set predictions for both TTA settings. Returns the seed folder."""
+    d, s = run.out, run.out / f"seed{seed}"
+    labels, folds = d / "synth" / "train.csv", d / "folds.csv"
+    run(f"seed {seed}: train detector", "train", [
+        "--out", str(s / "detector"), "--cache", str(d / "cache" / "train.h5"), "--labels", str(labels),
+        "--folds", str(folds), "--fold", "0", "--arch", "fasterrcnn_resnet18_fpn", "--min-size", str(plan.size),
+        "--max-size", str(plan.size), "--max-steps", str(plan.steps), "--batch-size", str(plan.batch_size),
+        "--lr", str(plan.lr), "--warmup-steps", str(plan.warmup_steps), "--limit-val-batches", str(plan.val_share),
+        "--log-every-n-steps", "10", "--workers", workers, "--device", "cpu", "--seed", str(seed)])
+    common = ["--model", str(s / "detector" / "export"), "--workers", workers, "--device", "cpu"]
+    run(f"seed {seed}: out-of-fold detections", "infer", [*common, "--cache", str(d / "cache" / "train.h5"),
+        "--folds", str(folds), "--fold", "0", "--out", str(s / "oof_fold0.csv")])
+    gate_labels = fold_labels(labels, folds, 0, s / "labels_fold0.csv")
+    run(f"seed {seed}: train gate", "train-gate", ["--meta", str(d / "cache" / "train_meta.csv"), "--labels",
+        str(gate_labels), "--out", str(s / "gate"), "--detections", str(s / "oof_fold0.csv"),
+        "--detector-run", str(s / "detector"), "--seed", str(seed), "--workers", workers,
+        "--n-folds", str(gate_folds)])
+    for tta in TTAS:  # low 0 / high 1.01: every image keeps its findings and gets P(abnormal)
+        run(f"seed {seed}: infer test, tta {tta}", "infer", [*common, "--dicom-dir", str(d / "synth" / "test"),
+            "--gate", str(s / "gate"), "--low", "0", "--high", "1.01", "--tta", tta,
+            "--image-level-out", str(s / f"test_{tta}_image_level.csv"), "--out", str(s / f"test_{tta}.csv")])
+    return s
+
+
+def findings_and_p(sub: Path, image_level: Path) -> tuple[dict[str, Detections], dict[str, float]]:
+    frame, ids = read_submission(sub, with_ids=True)
+    dets = detections_from_frame(frame[frame["class_id"] != NO_FINDING])
+    p = read_image_level(image_level).set_index("image_id")["p_abnormal"].astype(float).to_dict()
+    return {i: dets.get(i, Detections.empty()) for i in ids}, p
+
+
+def row_pairs(s: Path, oof: tuple[dict, dict], train_labels: pd.DataFrame) -> dict[str, tuple[float, float] | None]:
+    """(low, high) per gated row; None = no gate."""
+    low, high, _ = tune_thresholds(*oof, train_labels)
+    saved = json.loads((s / "gate" / "gate_schema.json").read_text())["thresholds"]
+    return {"no gate": None, "gate 0.08/0.95": (DEFAULT_LOW, DEFAULT_HIGH),
+            "gate tuned (all OOF)": (low, high), "gate train-gate choice": (saved["low"], saved["high"])}
+
+
+def score_seed(s: Path, gt: pd.DataFrame, train_labels: pd.DataFrame, seed: int) -> dict:
+    """mAP@0.4 (metric) and bootstrap SE (GatedScorer) of every row x TTA for one seed."""
+    oof_frame = read_submission(s / "oof_fold0.csv")
+    oof_dets = detections_from_frame(oof_frame[oof_frame["class_id"] != NO_FINDING])
+    oof_p = pd.read_csv(s / "gate" / "oof_predictions.csv", dtype={"image_id": str}).set_index("image_id")["p_abnormal_oof"]
+    oof_ids = list(oof_p.index)
+    oof_gt = train_labels[train_labels["image_id"].isin(set(oof_ids))]
+    pairs = row_pairs(s, ({i: oof_dets.get(i, Detections.empty()) for i in oof_ids}, oof_p.to_dict()), oof_gt)
+    out = {"pairs": {k: v for k, v in pairs.items()}}
+    rng = np.random.default_rng(seed)
+    ids = list(pd.unique(gt["image_id"]))
+    weights = [np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)) for _ in range(N_BOOT)]
+    for tta in TTAS:
+        dets, p = findings_and_p(s / f"test_{tta}.csv", s / f"test_{tta}_image_level.csv")
+        for row, pair in pairs.items():
+            # no gate = findings everywhere, no class-14 row: p = 1 with (0, 0.5) in the scorer
+            pp, (low, high) = (p, pair) if pair else ({i: 1.0 for i in p}, (0.0, 0.5))
+            gated = {i: apply_gate(d, pp[i], low, high) if pair else d for i, d in dets.items()}
+            res = evaluate_detections(gt, detections_to_frame(gated), pred_image_ids=list(gated))
+            scorer = GatedScorer(dets, pp, gt)
+            boot = [scorer.score(low, high, w)["map"] for w in weights]
+            out[f"{row} | tta {tta}"] = {"map": res.map, "map_no14": res.map_no14, "se": float(np.std(boot))}
+    return out
+
+
+def summarize_rows(per_seed: dict[int, dict], baseline: dict) -> list[dict]:
+    rows = [{"row": "all-normal baseline", "per_seed_map": [baseline["map"]], "per_seed_map_no14": [baseline["map_no14"]],
+             "mean": baseline["map"], "std": 0.0, "mean_no14": baseline["map_no14"], "std_no14": 0.0,
+             "max_se": float("nan")}]  # one prediction, not bootstrapped
+    for row in ROWS:
+        for tta in TTAS:
+            key = f"{row} | tta {tta}"
+            m = [per_seed[s][key]["map"] for s in per_seed]
+            m14 = [per_seed[s][key]["map_no14"] for s in per_seed]
+            rows.append({"row": key, "per_seed_map": m, "per_seed_map_no14": m14, "mean": float(np.mean(m)),
+                         "std": float(np.std(m, ddof=1)) if len(m) > 1 else float("nan"),
+                         "mean_no14": float(np.mean(m14)),
+                         "std_no14": float(np.std(m14, ddof=1)) if len(m14) > 1 else float("nan"),
+                         "max_se": max(per_seed[s][key]["se"] for s in per_seed)})
+    return rows
+
+
+def print_table(rows: list[dict], seeds: list[int], n_test: int) -> None:
+    print(f"\nmAP@0.4 on {n_test} synthetic test images, training seeds {seeds} (std: over seeds, ddof 1; "
+          f"SE: bootstrap over test images, largest seed)")
+    print(f"{'row':<42} {'mean':>7} {'std':>7} {'SE':>6}  {'no14 mean':>9} {'std':>7}  per seed (with 14 / without)")
+    for r in rows:
+        per = "  ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(r["per_seed_map"], r["per_seed_map_no14"]))
+        print(f"{r['row']:<42} {r['mean']:7.4f} {r['std']:7.4f} {r['max_se']:6.4f}  {r['mean_no14']:9.4f} "
+              f"{r['std_no14']:7.4f}  {per}")
+    se = float(np.nanmax([r["max_se"] for r in rows]))
+    print(f"largest bootstrap SE {se:.4f}: {'below' if se < SE_GOAL else 'NOT below'} the {SE_GOAL} goal")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
+    for k, r in enumerate(rows):
+        ax.plot(r["per_seed_map"], [k] * len(r["per_seed_map"]), "o", color="tab:blue", alpha=0.7)
+        ax.plot([r["mean"]], [k], "|", color="black", markersize=18)
+    ax.set_yticks(range(len(rows)), [r["row"] for r in rows], fontsize=8)
+    ax.set_xlabel("mAP@0.4 on the test set (dots: training seeds, bar: mean)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> int:
+    plan, seeds = (QUICK, [0, 1]) if args.quick else (FULL, args.seeds)
+    out = Path(args.out)
+    prepare_out(out, args.overwrite)
+    run, start, workers = Runner(out), time.perf_counter(), str(args.workers)
+    prepare_data(run, plan, args.seed_data, workers)
+    gt, train_labels = read_labels(out / "synth" / "test.csv"), read_labels(out / "synth" / "train.csv")
+    write_all_normal(out / "cache" / "test_meta.csv", out / "all_normal.csv")
+    base = evaluate_detections(gt, read_submission(out / "all_normal.csv"))
+    gate_folds = QUICK_GATE_FOLDS if args.quick else 5
+    per_seed = {s: score_seed(train_seed(run, plan, s, workers, gate_folds), gt, train_labels, s) for s in seeds}
+    rows = summarize_rows(per_seed, {"map": base.map, "map_no14": base.map_no14})
+    seconds = time.perf_counter() - start
+    print_table(rows, seeds, int(gt["image_id"].nunique()))
+    print(f"total {seconds:.0f} s ({'QUICK smoke run: not a measurement' if args.quick else 'full run'})")
+    write_json(out / "results.json", {"quick": args.quick, "plan": dataclasses.asdict(plan), "seeds": seeds,
+                                      "seed_data": args.seed_data, "seconds": round(seconds, 1), "rows": rows,
+                                      "per_seed": {str(k): v for k, v in per_seed.items()}, "timings_s": run.timings})
+    plot(rows, out / "quality.png")
+    print(f"wrote {out / 'results.json'}, {out / 'quality.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
