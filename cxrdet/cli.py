@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "split": ("cxrdet.split", "multilabel-stratified K-fold split of a label CSV"),
     "train": ("cxrdet.detector.train", "train the Faster R-CNN detector (Lightning, DDP)"),
     "train-gate": ("cxrdet.gate.train", "train the XGBoost normal/abnormal gate"),
-    "infer": ("cxrdet.inference.infer", "batch inference -> submission CSV (+ overlays)"),
+    "infer": ("cxrdet.dicomout.infer_command", "batch inference -> submission CSV (+ overlays, DICOM SRs)"),
     "merge-submissions": ("cxrdet.inference.merge", "combine shard submissions into one CSV"),
     "evaluate": ("cxrdet.evaluate", "score a submission with the competition's mAP@0.4"),
     "demo": ("cxrdet.demo", "the whole pipeline end to end on synthetic data"),

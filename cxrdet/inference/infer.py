@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,9 @@ class Outputs:
     orig_sizes: dict[str, HW] = field(default_factory=dict)
     image_level: list[dict] = field(default_factory=list)
     failures: FailureLog = field(default_factory=FailureLog)
+    # called per image with (sample, submitted detections, image-level row) before it is recorded,
+    # e.g. to write a DICOM SR; commands above this package inject it (see main)
+    on_record: Callable[[Sample, Detections, dict], None] | None = None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -274,6 +278,8 @@ def record_image(s: Sample, det: Detections, p, gate: GateRuntime | None, args, 
             write_overlay(args.vis_dir, s.image_id, s.image, final, s.orig_hw, args.vis_min_score)
         except Exception as e:
             raise InputFailure(f"writing its overlay failed: {failure_reason(e)}") from e
+    if out.on_record is not None:
+        out.on_record(s, final, row)
     out.predictions[s.image_id] = final
     out.orig_sizes[s.image_id] = s.orig_hw
     out.image_level.append(row)
@@ -284,7 +290,8 @@ def fail_all(samples: list[Sample], what: str, e: Exception, out: Outputs) -> No
         out.failures.add(s.image_id, f"{what}: {failure_reason(e)}")
 
 
-def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args) -> Outputs:
+def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args,
+                  on_record: Callable | None = None) -> Outputs:
     """The batched loop over ``source`` with a progress bar."""
     loader = DataLoader(
         source,
@@ -292,7 +299,7 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
         num_workers=args.workers,
         collate_fn=collate_samples,  # numpy images of different sizes: nothing to pin or stack
     )
-    out = Outputs()
+    out = Outputs(on_record=on_record)
     with torch.inference_mode(), tqdm(total=len(source), unit="img", desc="infer", file=sys.stderr) as bar:
         for batch in map(uncollate, loader):
             good = [s for s in batch if s.error is None]
@@ -362,7 +369,8 @@ def log(message: str) -> None:
     print(f"infer: {message}", file=sys.stderr)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, record_hook: Callable | None = None) -> int:
+    """``record_hook(source, gate)``, if given, returns the per-image ``Outputs.on_record``."""
     check_args(args)
     device = resolve_device(args.device)
     models, settings, records = load_detectors(args.model, device)
@@ -373,7 +381,7 @@ def main(args: argparse.Namespace) -> int:
     announce(args, source, models, settings, device, gate)
     warn_if_in_fold(args, records)
     start = time.perf_counter()
-    out = run_inference(source, models, gate, args)
+    out = run_inference(source, models, gate, args, record_hook(source, gate) if record_hook else None)
     elapsed = time.perf_counter() - start
     write_outputs(args, out, records)
     n_ok = len(source) - len(out.failures)
