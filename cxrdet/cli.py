@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-gate": ("cxrdet.gate.train", "train the XGBoost normal/abnormal gate"),
     "infer": ("cxrdet.dicomout.infer_command", "batch inference -> submission CSV (+ overlays, DICOM SRs)"),
     "merge-submissions": ("cxrdet.inference.merge", "combine shard submissions into one CSV"),
+    "listen": ("cxrdet.dicomout.listen", "DICOM node: receive CR/DX images, write an SR each (+ forward)"),
     "evaluate": ("cxrdet.evaluate", "score a submission with the competition's mAP@0.4"),
     "demo": ("cxrdet.demo", "the whole pipeline end to end on synthetic data"),
 }
