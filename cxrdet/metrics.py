@@ -47,7 +47,8 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX, NUM_CLASSES
-from cxrdet.detections import DET_COLUMNS, Detections
+from cxrdet.detections import DET_COLUMNS, Detections, detections_to_frame  # noqa: F401 (scored frames)
+from cxrdet.formats.atomic import json_ready
 
 IOU_THR = 0.4  # the competition's threshold; a match needs IoU strictly above it
 MATCH_MODES = ("unmatched", "voc")
@@ -75,10 +76,10 @@ class MetricResult:
 
     def to_json(self) -> dict:
         """DESIGN.md §5 JSON (NaN -> null), plus counts, class names and warnings."""
-        return {
-            "map": _num(self.map),
-            "map_no14": _num(self.map_no14),
-            "per_class": {str(c): _num(v) for c, v in self.per_class.items()},
+        return json_ready({
+            "map": self.map,
+            "map_no14": self.map_no14,
+            "per_class": {str(c): v for c, v in self.per_class.items()},
             "n_images": int(self.n_images),
             "iou_thr": self.iou_thr,
             "match": self.match,
@@ -86,25 +87,7 @@ class MetricResult:
             "n_det": {str(c): int(v) for c, v in self.n_det.items()},
             "class_names": {str(c): CLASS_NAMES[c] for c in range(NUM_CLASSES)},
             "warnings": list(self.warnings),
-        }
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else float(x)
-
-
-def detections_to_frame(predictions: Mapping[str, Detections]) -> pd.DataFrame:
-    """``{image_id: Detections}`` -> a frame with :data:`DET_COLUMNS` (images in dict order)."""
-    ids = list(predictions)
-    counts = np.array([len(predictions[k]) for k in ids], dtype=np.int64)
-    dets = Detections.concat([predictions[k] for k in ids])
-    frame = pd.DataFrame({
-        "image_id": np.repeat(np.array(ids, dtype=object), counts),
-        "class_id": dets.class_ids,
-        "score": dets.scores,
-    })
-    frame[["x_min", "y_min", "x_max", "y_max"]] = dets.boxes
-    return frame[DET_COLUMNS]
+        })
 
 
 def average_precision(tp_sorted: np.ndarray, n_gt: int) -> tuple[float, np.ndarray, np.ndarray]:

@@ -196,16 +196,28 @@ def test_png_source_resizes_to_the_cache_size_of_the_original(tmp_path):
 @pytest.mark.parametrize(
     "body, match",
     [
-        ("image_id,rows,cols\na,1,2\n", "dim0"),
-        ("image_id,dim0,dim1\na,10,20\nb,0,5\n", "line 3"),
-        ("image_id,dim0,dim1\na,10,20\na,10,20\n", "twice"),
+        ("image_id,rows,cols\na,1,2\n", "expected columns image_id,dim0,dim1 (dim0 = rows = original height, "
+                                       "dim1 = columns = original width), missing dim0,dim1"),
+        ("image_id,dim0,dim1\na,10,20\nb,0,5\n", "line 3: dim0/dim1 must be positive integers, got 0,5"),
+        ("image_id,dim0,dim1\na,10,20\na,10,20\n", "line 3: image_id 'a' appears twice"),
     ],
 )
 def test_png_sizes_csv_errors_name_the_problem(tmp_path, body, match):
     path = tmp_path / "sizes.csv"
     path.write_text(body)
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UserError) as e:
         read_png_sizes(path)
+    assert str(e.value).startswith(f"PNG sizes CSV {path}") and match in str(e.value)
+    assert "--" not in str(e.value)  # a library message: the file and the expectation, no CLI flag
+
+
+def test_png_folder_errors_name_the_folder(tmp_path):
+    from cxrdet.inference.sources import PngFolderSource
+
+    with pytest.raises(UserError, match=f"^PNG folder {tmp_path / 'absent'} is not a folder$"):
+        PngFolderSource(tmp_path / "absent", tmp_path / "sizes.csv", 64)
+    with pytest.raises(UserError, match=r"holds no \.png files \(expected <image_id>\.png\)$"):
+        PngFolderSource(tmp_path, tmp_path / "sizes.csv", 64)
 
 
 def test_shards_are_disjoint_complete_and_order_independent():
@@ -227,3 +239,14 @@ def test_failure_reasons_are_plain_text():
     assert failure_reason(InputFailure("x.png is not a readable PNG")) == "x.png is not a readable PNG"
     assert failure_reason(UserError("bad file")) == "bad file"
     assert failure_reason(RuntimeError()) == "RuntimeError"
+
+
+def test_keep_confident_drops_low_findings_and_keeps_every_gate_row():
+    from cxrdet.inference.infer import keep_confident
+
+    dets = Detections(np.array([[0, 0, 5, 5], [1, 1, 6, 6], [0, 0, 1, 1], [2, 2, 9, 9]], float),
+                      np.array([0.9, 0.3, 0.2, 0.5]), np.array([3, 0, 14, 7]))
+    kept = keep_confident(dets, 0.5)
+    assert kept.class_ids.tolist() == [3, 14, 7] and kept.scores.tolist() == [0.9, 0.2, 0.5]  # >= conf kept
+    assert keep_confident(dets, None) is dets  # default: keep all
+    assert len(keep_confident(dets, 0.0)) == 4 and keep_confident(dets, 1.0).class_ids.tolist() == [14]

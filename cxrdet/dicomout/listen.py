@@ -60,6 +60,7 @@ SUCCESS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, CANNOT_UNDERSTAND = 0x0000, 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from cxrdet.flags import add_device_flag
     from cxrdet.inference.tta import TTA_CHOICES
 
     p = argparse.ArgumentParser(
@@ -80,7 +81,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--batch-wait", type=float, default=0.5,
                    help="seconds to wait for more images before running a partial batch")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (as `cxrdet infer --device`)")
+    add_device_flag(p, "the detectors and the gate run")
     return p
 
 
@@ -152,6 +153,9 @@ def make_forwarder(target: tuple[str, int, str], ae_title: str, log):
 
 def build_pipeline(args: argparse.Namespace):
     """Detectors, gate and infer's arguments (its defaults, with this command's values)."""
+    import torch
+
+    from cxrdet.device import torch_device
     from cxrdet.dicomout.node import Pipeline
     from cxrdet.inference import infer
 
@@ -159,7 +163,7 @@ def build_pipeline(args: argparse.Namespace):
     shared = {k: v for k, v in vars(args).items() if k in vars(defaults)}
     ns = argparse.Namespace(**{**vars(defaults), **shared, "vis_dir": None})
     infer.check_args(ns)
-    device = infer.resolve_device(ns.device)
+    device = torch_device(ns.device, torch.cuda.device_count())
     models, settings, _ = infer.load_detectors(ns.model, device)
     return Pipeline(models, settings, infer.load_gate(ns), ns)
 

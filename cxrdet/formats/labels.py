@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdet.classes import CLASS_NAMES, NO_FINDING, NUM_CLASSES
+from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX, NUM_CLASSES
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
 
@@ -204,24 +204,7 @@ def labels_by_image(labels: pd.DataFrame, include_no_finding: bool = False) -> d
     sub = labels[keep]
     boxes = sub[COORD_COLUMNS].to_numpy(dtype=np.float64).copy()
     sub_cid = cid[keep]
-    boxes[sub_cid == NO_FINDING] = (0.0, 0.0, 1.0, 1.0)
+    boxes[sub_cid == NO_FINDING] = NORMAL_BOX
     for image_id, idx in sub.groupby("image_id", sort=False).indices.items():
         out[image_id] = Detections(boxes[idx], np.ones(len(idx)), sub_cid[idx])
     return out
-
-
-def labels_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
-    """Build a label frame from records (class_name filled from class_id when absent)."""
-    df = pd.DataFrame(rows).copy()
-    if "class_name" not in df.columns:
-        df["class_name"] = [CLASS_NAMES[int(c)] for c in df["class_id"]]
-    if "rad_id" not in df.columns:
-        df["rad_id"] = "R1"
-    for c in COORD_COLUMNS:
-        if c not in df.columns:
-            df[c] = np.nan
-    df["class_id"] = df["class_id"].astype(np.int64)
-    df[COORD_COLUMNS] = df[COORD_COLUMNS].astype(np.float64)
-    df["image_id"] = df["image_id"].astype(object)
-    return df[LABEL_COLUMNS].reset_index(drop=True)
-

@@ -28,14 +28,14 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from cxrdet.errors import UserError
+from cxrdet.formats import atomic
 from cxrdet.gate.features import FeatureSchema
+from cxrdet.gate.rules import DEFAULT_HIGH, DEFAULT_LOW
 
 MODEL_FILE = "gate.ubj"
 SCHEMA_FILE = "gate_schema.json"
 SCHEMA_FORMAT = "cxrdet-gate-schema"
 SCHEMA_VERSION = 1
-DEFAULT_LOW = 0.08  # DESIGN.md §6: below, the image is called normal only
-DEFAULT_HIGH = 0.95  # DESIGN.md §6: from here on, boxes only
 
 
 class GateClassifier(ClassifierMixin, BaseEstimator):
@@ -112,7 +112,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
                     f"the gate needs at least {self.n_folds} normal and {self.n_folds} abnormal "
                     f"images for {self.n_folds}-fold cross-validation, found "
                     f"{np.bincount(y, minlength=2).tolist()} (normal, abnormal). "
-                    "Fix: label more images or lower --n-folds."
+                    f"Fix: label more images or use fewer folds (n_folds={self.n_folds})."
                 )
             skf = StratifiedKFold(self.n_folds, shuffle=True, random_state=self.random_state)
             fold_ids = np.empty(len(y), dtype=np.int64)
@@ -129,7 +129,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
                 raise UserError(
                     f"fold {k} holds out only one class (normal/abnormal), so its AUC and early "
                     "stopping are undefined. Fix: use a stratified split (`cxrdet split`) or "
-                    "drop --folds to let the gate stratify by itself."
+                    "fit without a fold assignment (folds=None) to let the gate stratify by itself."
                 )
         return fold_ids
 
@@ -203,12 +203,13 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         """Write ``gate.ubj`` + ``gate_schema.json`` into ``out_dir``; returns the folder."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(str(out / MODEL_FILE))
+        with atomic.atomic_path(out / MODEL_FILE) as tmp:  # XGBoost picks UBJSON from the .ubj suffix
+            self.booster_.save_model(str(tmp))
         training = {
             "n_images": self.n_train_,
             "n_abnormal": self.n_abnormal_,
-            "cv_auc": _clean(self.cv_auc_),
-            "fold_auc": [_clean(a) for a in self.fold_auc_],
+            "cv_auc": self.cv_auc_,  # NaN (an undefined AUC) is written as null
+            "fold_auc": list(self.fold_auc_),
             "best_iterations": self.best_iterations_,
             "n_rounds": self.n_rounds_,
             **(summary or {}),
@@ -223,9 +224,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
             "training": training,
             "versions": library_versions(),
         }
-        tmp = out / (SCHEMA_FILE + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False))
-        tmp.replace(out / SCHEMA_FILE)
+        atomic.write_json(out / SCHEMA_FILE, doc)
         return out
 
     @classmethod
@@ -282,7 +281,7 @@ def _read_schema(model_dir: Path) -> tuple[dict, Path]:
         if not p.is_file():
             raise UserError(
                 f"gate folder {model_dir} lacks {p.name} (expected {MODEL_FILE} + {SCHEMA_FILE}). "
-                "Fix: point to the --out folder of `cxrdet train-gate`."
+                "Fix: point to the output folder of `cxrdet train-gate`."
             )
     try:
         doc = json.loads(schema_path.read_text())
@@ -315,7 +314,3 @@ def _check_xy(X, y) -> tuple[pd.DataFrame, np.ndarray]:
 def _dmatrix(X: pd.DataFrame, y: np.ndarray | None = None, n_jobs: int | None = None) -> xgb.DMatrix:
     return xgb.DMatrix(X, label=y, enable_categorical=True, missing=np.nan, nthread=n_jobs)
 
-
-def _clean(x) -> float | None:
-    """JSON has no NaN: an undefined AUC is written as null."""
-    return None if x is None or not np.isfinite(x) else float(x)

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from cxrdet.boxes import HW, resized_hw
 from cxrdet.errors import InputFailure, UserError, failure_reason
 from cxrdet.formats.failures import FailureLog
+from cxrdet.preprocess.listing import list_dicoms, parse_shard, select_shard  # noqa: F401 (infer's API)
 
 class Sample(NamedTuple):
     """One input image, ready for the detector (``image`` is None when ``error`` is set)."""
@@ -59,27 +60,6 @@ def collate_samples(batch: list[Sample]) -> list[Sample]:
 def uncollate(batch: list[Sample]) -> list[Sample]:
     """The batch of :func:`collate_samples` with numpy images again."""
     return [s if s.image is None else s._replace(image=s.image.numpy()) for s in batch]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0 <= i < n) -> ``(i, n)``; anything else is a UserError."""
-    try:
-        i_text, n_text = text.split("/")
-        i, n = int(i_text), int(n_text)
-    except ValueError:
-        raise UserError(f"--shard expects i/n with integers, e.g. 0/4, got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"--shard {text}: need n >= 1 and 0 <= i < n (shards are numbered from 0)")
-    return i, n
-
-
-def select_shard(ids: Sequence[str], index: int, count: int) -> list[str]:
-    """Shard ``index`` of ``count``: every count-th id of the SORTED ids, starting at index.
-
-    Depends only on the set of ids, so every machine computes the same disjoint split, and the
-    shards are balanced to within one image.
-    """
-    return sorted(ids)[index::count]
 
 
 class ImageSource(Dataset, ABC):
@@ -125,7 +105,6 @@ class DicomFolderSource(ImageSource):
 
     def __init__(self, folder: str | os.PathLike, settings, with_features: bool = True) -> None:
         from cxrdet.dicomio.meta import image_id_from_path
-        from cxrdet.preprocess.prepare import list_dicoms
 
         self.listing_failures = FailureLog()
         paths = list_dicoms(Path(folder), (0, 1), self.listing_failures)
@@ -167,20 +146,20 @@ def read_png_sizes(path: str | os.PathLike) -> dict[str, HW]:
     try:
         df = pd.read_csv(path, dtype={"image_id": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"cannot read --png-sizes {path}: {e}") from e
+        raise UserError(f"cannot read the PNG sizes CSV {path}: {e}") from e
     missing = [c for c in ("image_id", "dim0", "dim1") if c not in df.columns]
     if missing:
         raise UserError(
-            f"--png-sizes {path}: expected columns image_id,dim0,dim1 (dim0 = rows = original height, "
+            f"PNG sizes CSV {path}: expected columns image_id,dim0,dim1 (dim0 = rows = original height, "
             f"dim1 = columns = original width), missing {','.join(missing)}"
         )
     sizes: dict[str, HW] = {}
     for line, (image_id, d0, d1) in enumerate(df[["image_id", "dim0", "dim1"]].itertuples(index=False), start=2):
         dims = (_positive_int(d0), _positive_int(d1))
         if None in dims:
-            raise UserError(f"--png-sizes {path} line {line}: dim0/dim1 must be positive integers, got {d0!r},{d1!r}")
+            raise UserError(f"PNG sizes CSV {path} line {line}: dim0/dim1 must be positive integers, got {d0!r},{d1!r}")
         if image_id in sizes:
-            raise UserError(f"--png-sizes {path} line {line}: image_id {image_id!r} appears twice")
+            raise UserError(f"PNG sizes CSV {path} line {line}: image_id {image_id!r} appears twice")
         sizes[str(image_id)] = dims  # type: ignore[assignment]
     return sizes
 
@@ -223,11 +202,11 @@ class PngFolderSource(ImageSource):
                  with_features: bool = True) -> None:
         root = Path(folder)
         if not root.is_dir():
-            raise UserError(f"--png-dir {root}: not a folder")
+            raise UserError(f"PNG folder {root} is not a folder")
         self.root = root
         self.paths = {p.stem: p for p in sorted(root.glob("*")) if p.suffix.lower() == ".png" and p.is_file()}
         if not self.paths:
-            raise UserError(f"--png-dir {root}: no .png files found")
+            raise UserError(f"PNG folder {root} holds no .png files (expected <image_id>.png)")
         self.sizes = read_png_sizes(sizes_csv)
         self.sizes_csv = Path(sizes_csv)
         super().__init__(sorted(set(self.paths) | set(self.sizes)), size, with_features)
