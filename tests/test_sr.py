@@ -131,3 +131,13 @@ def test_infer_sr_dir_refuses_inputs_without_source_dicoms(tmp_path, model, caps
               "--out", str(tmp_path / "sub.csv")])
     assert rc == 2
     assert "--sr-dir needs --dicom-dir" in capsys.readouterr().err
+
+
+def test_deploy_doc_prints_the_code_table():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    rows = [line.split("|")[1:-1] for line in doc.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    table = [(int(k), name.strip(), scheme.strip(), code.strip(), meaning.strip()) for k, name, scheme, code, meaning in rows]
+    assert table == [(k, CLASS_NAMES[k], c.scheme_designator, c.value, c.meaning)
+                     for k, c in enumerate(codes.FINDING_CODES)]

@@ -75,6 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", help="gate folder from `cxrdet train-gate` (P(abnormal) and its decision in the SR)")
     p.add_argument("--low", type=float, help="override the gate's stored low threshold")
     p.add_argument("--high", type=float, help="override the gate's stored high threshold")
+    p.add_argument("--conf", type=float, default=0.3,
+                   help="minimum score of a finding put in the SR (default 0.3: a viewer draws every region, "
+                   "and the many low-score boxes that cost nothing under mAP only clutter a reading)")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none", help="test-time augmentation, as `cxrdet infer --tta`")
     p.add_argument("--out", required=True, help="node folder: inbox/, sr/, failed/, image_level.csv, listen.errors.csv")
     p.add_argument("--forward", metavar="HOST:PORT:AET", help="C-STORE each SR to this node (e.g. the PACS)")
