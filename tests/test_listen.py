@@ -67,7 +67,7 @@ class Node:
         self.log = open(log_path, "w")
         cmd = [sys.executable, "-m", "cxrdet", "listen", "--ae-title", "CXRDET", "--port", str(self.port),
                "--model", str(model), "--out", str(out), "--device", "cpu", "--batch-size", "2",
-               "--batch-wait", "0.3", *extra]
+               "--batch-wait", "0.3", "--conf", "0", *extra]  # conf 0: the untrained detector scores low
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env)
         self.proc.log_path = log_path
