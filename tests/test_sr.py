@@ -107,7 +107,7 @@ def test_infer_sr_dir_matches_the_submission_and_lists_sources_without_ids(tmp_p
     write_study(dicoms, n=4, i2={"PatientID": None}, i3={"StudyInstanceUID": None})
     sr_dir, sub = tmp_path / "sr", tmp_path / "sub.csv"
     rc = cli(["infer", "--model", str(model), "--dicom-dir", str(dicoms), "--sr-dir", str(sr_dir),
-              "--out", str(sub), "--workers", "0", "--batch-size", "2", "--device", "cpu"])
+              "--sr-conf", "0", "--out", str(sub), "--workers", "0", "--batch-size", "2", "--device", "cpu"])
     assert rc == 3
     errors = pd.read_csv(tmp_path / "sub.errors.csv")
     reasons = dict(zip(errors["item"], errors["reason"]))
@@ -141,3 +141,19 @@ def test_deploy_doc_prints_the_code_table():
     table = [(int(k), name.strip(), scheme.strip(), code.strip(), meaning.strip()) for k, name, scheme, code, meaning in rows]
     assert table == [(k, CLASS_NAMES[k], c.scheme_designator, c.value, c.meaning)
                      for k, c in enumerate(codes.FINDING_CODES)]
+
+
+def test_sr_writer_keeps_findings_from_its_minimum_score(tmp_path):
+    from types import SimpleNamespace
+
+    from cxrdet.dicomout.writer import SRWriter
+
+    src = write_study(tmp_path / "in", n=1)["img0"]
+    writer = SRWriter(tmp_path / "sr", {"img0": src}, 0.1, 0.9, min_score=0.3)
+    dets = Detections([[1, 1, 9, 9], [2, 2, 20, 20], [3, 3, 30, 30], [0, 0, 1, 1]], [0.29, 0.3, 0.8, 0.5], [1, 2, 3, 14])
+    path = writer(SimpleNamespace(image_id="img0"), dets, {"p_abnormal": 0.5})
+    back = read_sr(pydicom.dcmread(path))
+    assert back.detections.scores.tolist() == [0.8, 0.3] and back.detections.class_ids.tolist() == [3, 2]
+    assert back.result == ImageResult(0.5, 0.1, 0.9) and back.gate_decision == "Uncertain"
+    with pytest.raises(Exception, match="cannot be used as a file name"):
+        writer.check_names(["../evil"])

@@ -30,12 +30,18 @@ def sr_path(sr_dir: str | os.PathLike, image_id: str) -> Path:
 
 
 class SRWriter:
-    """``writer(sample, dets, row)`` writes the SR of ``sample`` (source file ``paths[image_id]``)."""
+    """``writer(sample, dets, row)`` writes the SR of ``sample`` (source file ``paths[image_id]``).
+
+    Only findings scoring at least ``min_score`` go in: a viewer draws every region, and the
+    hundreds of low-score boxes a submission keeps (free under mAP) would bury the few that
+    matter, and cost highdicom ~10-50 ms each to build.
+    """
 
     def __init__(self, sr_dir: str | os.PathLike, paths: Mapping[str, os.PathLike],
                  low: float | None = None, high: float | None = None,
-                 classifier: Mapping[str, Mapping[int, float]] | None = None) -> None:
+                 classifier: Mapping[str, Mapping[int, float]] | None = None, min_score: float = 0.0) -> None:
         self.sr_dir = Path(sr_dir)
+        self.min_score = float(min_score)
         self.paths = paths
         self.low, self.high = low, high
         self.classifier = classifier or {}  # image_id -> {class_id: probability}
@@ -55,6 +61,7 @@ class SRWriter:
         p = row.get("p_abnormal")
         p = None if p is None or not math.isfinite(float(p)) else float(p)
         result = ImageResult(p, self.low, self.high, dict(self.classifier.get(sample.image_id, {})))
+        dets = dets.select(dets.scores >= self.min_score)
         out = atomic.write_bytes(sr_path(self.sr_dir, sample.image_id), sr_bytes(header, dets, result))
         self.written.append(out)
         return out
