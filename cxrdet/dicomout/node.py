@@ -154,8 +154,12 @@ class Worker(threading.Thread):
         paths = {i: self.dirs.inbox / f"{i}{SR_SUFFIX}" for i in ids}
         source = BatchSource(paths, self.pipeline.settings, self.pipeline.with_features)
         samples = [source[k] for k in range(len(source))]
-        ready: dict[str, tuple] = {}
-        out = Outputs(on_record=lambda s, dets, row: ready.__setitem__(s.image_id, (self._build(paths[s.image_id], dets, row), row, dets)))
+        ready: dict[str, tuple] = {}  # image_id -> (SR, image-level row, detections), written by _report
+
+        def on_record(sample, dets, row) -> None:  # inside process_batch: a failure here lists the image
+            ready[sample.image_id] = (self._build(paths[sample.image_id], dets, row), row, dets)
+
+        out = Outputs(on_record=on_record)
         for s in samples:
             if s.error is not None:
                 out.failures.add(s.image_id, s.error)
