@@ -123,6 +123,8 @@ def test_bad_input_exits_2_with_a_message_naming_the_file(data, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert str(d) in err
+    if breakage == "no_pixel_file":  # the library names the file; the command adds its flags
+        assert "(--pixel-features PATH, or --no-pixel)" in err
 
 
 def test_in_fold_detections_are_refused(data, tmp_path, capsys):
@@ -173,6 +175,7 @@ def test_provenance_checks_each_image_against_the_detector_that_predicted_it(dat
     first_in_fold = folds.loc[folds["fold"] != 0, "image_id"].iloc[0]
     assert "45 image(s) were predicted by detector /runs/f0/export" in err and first_in_fold in err
     assert "--folds FOLDS.csv --fold K" in err and "Traceback" not in err
+    assert "or train the gate without detector evidence (flags: --detections, --detector-run;" in err
     # an image missing from the record is refused too (stale record)
     by_fold = {k: folds.loc[folds["fold"] == k, "image_id"].tolist() for k in range(4)}
     _provenance(det, {k: v for k, v in by_fold.items() if k != 3}, data / "FOLDS.csv")

@@ -94,7 +94,7 @@ def pixel_table(pixel_df: pd.DataFrame, image_ids: pd.Index) -> pd.DataFrame:
     if not cols:
         raise UserError(
             f"{where} has no px_* columns. Fix: regenerate it with `cxrdet prepare`, "
-            "or train without pixel features (--no-pixel)."
+            "or train without pixel features."
         )
     px = pixel_df[cols].set_axis(pd.Index(_image_ids(pixel_df, where), name="image_id"))
     absent = image_ids.difference(px.index)

@@ -107,7 +107,10 @@ def main(args: argparse.Namespace) -> int:
     if args.n_folds < 2 and not args.folds:
         raise UserError(f"--n-folds must be at least 2 for cross-validation, got {args.n_folds}")
     meta = read_table(Path(args.meta), META_REQUIRED, "regenerate it with `cxrdet prepare --meta-out`")
-    pixel = None if args.no_pixel else read_pixel_table(Path(args.meta), args.pixel_features)
+    try:
+        pixel = None if args.no_pixel else read_pixel_table(Path(args.meta), args.pixel_features)
+    except UserError as e:
+        raise UserError(f"{e} (--pixel-features PATH, or --no-pixel)") from None
     labels = read_training_labels(Path(args.labels))
     y_all = abnormal_targets(labels, args.abnormal_rule)
     meta = restrict_meta(meta, y_all, Path(args.meta), Path(args.labels))
@@ -115,7 +118,11 @@ def main(args: argparse.Namespace) -> int:
     y = y_all.reindex(ids).to_numpy(np.int64)
     folds = read_fold_column(Path(args.folds), ids) if args.folds else None
     dets = read_detections(Path(args.detections), ids) if args.detections else None
-    oof_check = check_out_of_fold(args.detector_run, dets, Path(args.detections)) if dets else None
+    try:
+        oof_check = check_out_of_fold(args.detector_run, dets, Path(args.detections)) if dets else None
+    except UserError as e:  # in-fold evidence: say which flags gave it
+        raise UserError(f"{e} (flags: --detections, --detector-run; without --detections the gate uses "
+                        "metadata and pixel features only)") from None
 
     X = build_features(meta, pixel, dets)
     print(f"train-gate: {len(ids)} images ({int(y.sum())} abnormal), {X.shape[1]} features; "
