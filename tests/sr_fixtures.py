@@ -70,3 +70,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metadata_gate(out: Path, study: dict[str, Path]) -> Path:
+    """A real XGBoost gate on metadata (abnormal = older patients), saved to ``out``, with
+    thresholds set between the P(abnormal) of ``study``'s images so that they fall in the three
+    zones in order (first: normal, middle: uncertain, last: abnormal)."""
+    import numpy as np
+    import pandas as pd
+
+    from cxrdet.dicomio.meta import read_metadata
+    from cxrdet.gate.features import build_features
+    from cxrdet.gate.model import GateClassifier
+
+    rng = np.random.default_rng(0)
+    n = 120
+    y = (rng.random(n) < 0.5).astype(int)
+    meta = pd.DataFrame({
+        "image_id": [f"g{i:03d}" for i in range(n)], "rows": "200", "columns": "100",
+        "photometric_interpretation": "MONOCHROME2", "bits_stored": "12", "pixel_spacing_row": "0.14",
+        "pixel_spacing_col": "0.14", "patient_age": np.where(y == 1, rng.normal(70, 5, n), rng.normal(30, 5, n)),
+        "patient_sex": rng.choice(["M", "F"], n), "modality": rng.choice(["DX", "CR"], n),
+        "manufacturer": "CXRDET SYNTHETIC",
+    })
+    gate = GateClassifier(n_estimators=80, learning_rate=0.15, early_stopping_rounds=10, n_folds=3, n_jobs=1)
+    gate.fit(build_features(meta), y)
+    p = gate.p_abnormal(build_features(pd.DataFrame([read_metadata(path) for path in study.values()])))
+    lo, mid, hi = np.asarray(p, dtype=float)
+    assert lo < mid < hi, f"the study's P(abnormal) must increase with age, got {p}"
+    gate.set_thresholds((lo + mid) / 2, (mid + hi) / 2, "tests: one image per zone")
+    gate.save(out)
+    return out

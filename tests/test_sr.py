@@ -157,3 +157,33 @@ def test_sr_writer_keeps_findings_from_its_minimum_score(tmp_path):
     assert back.result == ImageResult(0.5, 0.1, 0.9) and back.gate_decision == "Uncertain"
     with pytest.raises(Exception, match="cannot be used as a file name"):
         writer.check_names(["../evil"])
+
+
+def test_infer_sr_dir_with_a_gate_carries_its_probability_and_decision(tmp_path, model):
+    from sr_fixtures import metadata_gate
+
+    dicoms = tmp_path / "dicoms"  # ages 25, 50, 75: normal, uncertain, abnormal under the gate
+    study = write_study(dicoms, n=3, i0={"PatientAge": "025Y"}, i1={"PatientAge": "050Y"}, i2={"PatientAge": "075Y"})
+    gate = metadata_gate(tmp_path / "gate", study)
+    sr_dir, sub, il = tmp_path / "sr", tmp_path / "sub.csv", tmp_path / "il.csv"
+    assert cli(["infer", "--model", str(model), "--dicom-dir", str(dicoms), "--gate", str(gate), "--sr-dir",
+                str(sr_dir), "--sr-conf", "0", "--image-level-out", str(il), "--out", str(sub), "--workers", "0",
+                "--device", "cpu"]) == 0
+    p = pd.read_csv(il, dtype={"image_id": str}).set_index("image_id")["p_abnormal"]
+    submitted = read_submission(sub)
+    decisions = {}
+    for image_id in study:
+        back = read_sr(pydicom.dcmread(sr_dir / f"{image_id}.dcm"))
+        rows = submitted[submitted["image_id"] == image_id]
+        normal_rows = rows[rows["class_id"] == 14]
+        assert back.result.p_abnormal == pytest.approx(p[image_id], abs=1e-6)
+        assert back.result.low < back.result.high
+        decisions[image_id] = back.gate_decision
+        assert len(back.detections) == int((rows["class_id"] != 14).sum())
+        if back.gate_decision == "Normal":  # the submission says only '14 1 0 0 1 1'
+            assert normal_rows["score"].tolist() == [1.0] and len(back.detections) == 0
+        elif back.gate_decision == "Uncertain":  # boxes + '14 (1-p)'
+            assert normal_rows["score"].tolist() == [pytest.approx(1 - p[image_id], abs=1e-4)]
+        else:  # boxes only
+            assert len(normal_rows) == 0
+    assert decisions == {"img0": "Normal", "img1": "Uncertain", "img2": "Abnormal"}
