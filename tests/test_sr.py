@@ -115,6 +115,8 @@ def test_infer_sr_dir_matches_the_submission_and_lists_sources_without_ids(tmp_p
     assert "no PatientID (0010,0020)" in reasons["img2"] and "no StudyInstanceUID" in reasons["img3"]
     assert sorted(p.name for p in sr_dir.iterdir()) == ["img0.dcm", "img1.dcm"]
     submitted = read_submission(sub)
+    series = {pydicom.dcmread(sr_dir / f"{i}.dcm").SeriesInstanceUID for i in ("img0", "img1")}
+    assert len(series) == 1 and series.isdisjoint({header(p).SeriesInstanceUID for p in dicoms.iterdir()})
     for image_id in ("img0", "img1"):
         back = read_sr(pydicom.dcmread(sr_dir / f"{image_id}.dcm"))
         rows = submitted[submitted["image_id"] == image_id].sort_values("score", ascending=False)

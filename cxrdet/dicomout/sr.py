@@ -10,7 +10,8 @@ results, and returns a highdicom ``ComprehensiveSR`` (SOP class 1.2.840.10008.5.
   identifier (UID + "finding N: class");
 - one image-level group: P(abnormal) of the gate with its thresholds and decision, and the image
   classifier's probabilities when there are any;
-- patient and study attributes copied from the source, a new Series in the source's study,
+- patient and study attributes copied from the source, in cxrdet's own Series of the source's
+  study (one per study, its UID derived from the Study Instance UID),
   the device observer "cxrdet" and the algorithm (name, version) on every group.
 
 Box coordinates need no conversion: cxrdet's continuous pixels (:mod:`cxrdet.boxes`: the top-left
@@ -85,7 +86,7 @@ def check_source(source: Dataset) -> None:
 
 def build_sr(source: Dataset, dets: Detections, result: ImageResult | None = None, *,
              series_instance_uid: str | None = None, sop_instance_uid: str | None = None,
-             instance_number: int = 1) -> hd.sr.ComprehensiveSR:
+             instance_number: int | None = None) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR of one image (see the module docstring); InputFailure if ``source``
     lacks what an SR must reference, ValueError for a box outside the image."""
     check_source(source)
@@ -104,10 +105,10 @@ def build_sr(source: Dataset, dets: Detections, result: ImageResult | None = Non
     return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report,
-        series_instance_uid=series_instance_uid or hd.UID(),
+        series_instance_uid=series_instance_uid or sr_series_uid(source.StudyInstanceUID),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid or hd.UID(),
-        instance_number=instance_number,
+        instance_number=instance_number or int(source.get("InstanceNumber") or 1),
         manufacturer=ALGORITHM_NAME,
         is_complete=True,
         series_description=SR_SERIES_DESCRIPTION,
@@ -117,6 +118,11 @@ def build_sr(source: Dataset, dets: Detections, result: ImageResult | None = Non
             designator=codes.PRIVATE_SCHEME, name=codes.PRIVATE_SCHEME_NAME,
             responsible_organization=codes.PRIVATE_SCHEME_ORG)],
     )
+
+
+def sr_series_uid(study_instance_uid: str) -> str:
+    """The one cxrdet SR series of a study: every image's SR lands in it, whichever run wrote it."""
+    return generate_uid(entropy_srcs=[str(study_instance_uid), "cxrdet SR series"])
 
 
 # Type 2 patient/study attributes: an SR must have them, empty when the image does not say
