@@ -65,3 +65,20 @@ def test_pending_is_received_minus_reported_oldest_first(tmp_path):
     (dirs.sr / "c.dcm").write_bytes(b"sr")
     (dirs.failed / "d.dcm").write_bytes(b"bad")
     assert dirs.pending() == ["b", "a", "e"]
+
+
+def test_a_port_in_use_is_a_usage_error(tmp_path, capsys):
+    import socket
+
+    from cxrdet.cli import main as cli
+    from sr_fixtures import detector_export
+
+    model = detector_export(tmp_path / "export")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = cli(["listen", "--port", str(port), "--model", str(model), "--out", str(tmp_path / "node"),
+                  "--device", "cpu"])
+    assert rc == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

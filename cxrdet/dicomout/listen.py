@@ -175,6 +175,15 @@ def log(message: str) -> None:
     print(f"listen: {message}", file=sys.stderr, flush=True)
 
 
+def make_ae(ae_title: str) -> AE:
+    """The SCP: CR/DX storage in the transfer syntaxes cxrdet decodes, and C-ECHO."""
+    ae = AE(ae_title=ae_title)
+    for sop_class in STORAGE_CLASSES:
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    return ae
+
+
 def main(args: argparse.Namespace) -> int:
     from cxrdet.dicomout.node import NodeDirs, Worker
 
@@ -184,22 +193,25 @@ def main(args: argparse.Namespace) -> int:
     dirs = NodeDirs(Path(args.out)).make()
     forward = make_forwarder(forward_to, args.ae_title, log) if forward_to else None
     worker = Worker(dirs, pipeline, args.batch_size, args.batch_wait, forward, log)
-    ae = AE(ae_title=args.ae_title)
-    for sop_class in STORAGE_CLASSES:
-        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification)
     handler = StoreHandler(dirs.inbox, worker.submit, log)
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `kill`: stop taking images, finish the batch
+    try:
+        server = make_ae(args.ae_title).start_server((args.host, args.port), block=False,
+                                                     evt_handlers=[(evt.EVT_C_STORE, handler)])
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); another program may hold "
+                        "that port: pick another --port, or --host an address of this machine") from None
     worker.start()
-    server = ae.start_server((args.host, args.port), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)])
     log(f"{args.ae_title} listening on {args.host}:{args.port}; {len(dirs.pending())} image(s) from the inbox "
         f"to process; SRs -> {dirs.sr}" + (f", forwarded to {args.forward}" if forward else ""))
+    stop = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None  # kill: finish the batch
     try:
         while not stop.wait(0.5):
             pass
     finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
         server.shutdown()
         worker.stop()
         worker.join(timeout=600)
