@@ -82,3 +82,17 @@ def test_a_port_in_use_is_a_usage_error(tmp_path, capsys):
                   "--device", "cpu"])
     assert rc == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_worker_queues_an_image_once_until_it_is_taken(tmp_path):
+    from cxrdet.dicomout.node import Worker
+
+    dirs = NodeDirs(tmp_path).make()
+    (dirs.inbox / "a.dcm").write_bytes(b"x")
+    worker = Worker(dirs, pipeline=None, batch_size=4, batch_wait=0.01)
+    assert worker.resume() == 1
+    worker.submit("a")  # sent again while waiting: one copy
+    worker.submit("b")
+    assert worker._next_batch() == ["a", "b"]
+    worker.submit("a")  # sent again after it was taken: processed again
+    assert worker._next_batch() == ["a"] and worker._next_batch() == []

@@ -194,6 +194,7 @@ def main(args: argparse.Namespace) -> int:
     forward = make_forwarder(forward_to, args.ae_title, log) if forward_to else None
     worker = Worker(dirs, pipeline, args.batch_size, args.batch_wait, forward, log)
     handler = StoreHandler(dirs.inbox, worker.submit, log)
+    resumed = worker.resume()  # before serving, so an image arriving now is not also in this list
     try:
         server = make_ae(args.ae_title).start_server((args.host, args.port), block=False,
                                                      evt_handlers=[(evt.EVT_C_STORE, handler)])
@@ -201,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); another program may hold "
                         "that port: pick another --port, or --host an address of this machine") from None
     worker.start()
-    log(f"{args.ae_title} listening on {args.host}:{args.port}; {len(dirs.pending())} image(s) from the inbox "
+    log(f"{args.ae_title} listening on {args.host}:{args.port}; {resumed} image(s) from the inbox "
         f"to process; SRs -> {dirs.sr}" + (f", forwarded to {args.forward}" if forward else ""))
     stop = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()

@@ -8,7 +8,9 @@ State lives in files only, so a killed node loses nothing::
     OUT/image_level.csv                one row per processed image (cxrdet.formats.image_level)
     OUT/listen.errors.csv              item,reason per failed image (cxrdet.formats.failures)
 
-On start, every inbox file without an SR is queued again (received-but-unreported images).
+On start (:meth:`Worker.resume`, before the node serves), every inbox file without an SR is
+queued again (received-but-unreported images); an image already waiting in the queue is not
+queued twice.
 The worker takes up to ``batch_size`` queued images at a time through exactly the code of
 ``cxrdet infer --dicom-dir`` (same preprocessing, detectors, TTA/WBF, mapping and gate:
 :func:`cxrdet.inference.infer.process_batch`), then writes per image: the image-level row first
@@ -113,20 +115,31 @@ class Worker(threading.Thread):
         self.batch_size, self.batch_wait, self.forward = batch_size, batch_wait, forward
         self.log = log or (lambda m: print(f"listen: {m}", file=sys.stderr, flush=True))
         self.queue: queue.Queue[str] = queue.Queue()
+        self._queued: set[str] = set()  # in the queue, not yet taken: a second copy is not queued
+        self._lock = threading.Lock()
         self._halt = threading.Event()
         self.rows = _read_rows(self.dirs.image_level)
         self.failures = read_failures(self.dirs.errors) if self.dirs.errors.is_file() else FailureLog()
         self.processed = 0  # images done (SR written or failed) by this worker
 
     def submit(self, image_id: str) -> None:
+        with self._lock:
+            if image_id in self._queued:
+                return
+            self._queued.add(image_id)
         self.queue.put(image_id)
+
+    def resume(self) -> int:
+        """Queue the inbox files that have no SR (call before serving); returns how many."""
+        pending = self.dirs.pending()
+        for image_id in pending:
+            self.submit(image_id)
+        return len(pending)
 
     def stop(self) -> None:
         self._halt.set()
 
     def run(self) -> None:
-        for image_id in self.dirs.pending():
-            self.submit(image_id)
         while not self._halt.is_set():
             batch = self._next_batch()
             if batch:
@@ -147,7 +160,9 @@ class Worker(threading.Thread):
                 batch.append(self.queue.get(timeout=self.batch_wait))
             except queue.Empty:
                 break
-        return list(dict.fromkeys(batch))  # an image sent twice in a row is processed once
+        with self._lock:
+            self._queued.difference_update(batch)  # from now on a new copy is queued again
+        return batch
 
     def process(self, ids: list[str]) -> None:
         """Detect, gate and report one batch of inbox files."""
