@@ -189,3 +189,10 @@ def test_infer_sr_dir_with_a_gate_carries_its_probability_and_decision(tmp_path,
         else:  # boxes only
             assert len(normal_rows) == 0
     assert decisions == {"img0": "Normal", "img1": "Uncertain", "img2": "Abnormal"}
+
+
+def test_build_sr_takes_an_image_level_row(tmp_path):
+    h = header(write_study(tmp_path / "in", n=1)["img0"])
+    dets = Detections([[1, 1, 9, 9]], [0.4], [7])
+    assert read_sr(build_sr(h, dets, {"p_abnormal": 0.25, "p_7": 0.4})).result == ImageResult(0.25)
+    assert read_sr(build_sr(h, dets, {"p_abnormal": float("nan")})).result == ImageResult()

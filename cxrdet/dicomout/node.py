@@ -191,9 +191,7 @@ class Worker(threading.Thread):
         except BadDicomError as e:
             raise InputFailure(f"re-reading its header for the SR failed: {e.reason}") from None
         gate = self.pipeline.gate
-        p = row.get("p_abnormal")
-        p = None if gate is None or p is None or p != p else float(p)
-        return build_sr(header, dets, ImageResult(p, *((gate.low, gate.high) if gate else (None, None))))
+        return build_sr(header, dets, ImageResult.from_row(row, *((gate.low, gate.high) if gate else (None, None))))
 
     def _report(self, ready: dict[str, tuple], failures: FailureLog) -> None:
         for image_id, reason in failures.rows:

@@ -22,6 +22,7 @@ finding") rows are not regions: the gate decision says it. ``read_sr`` recovers 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import highdicom as hd
@@ -60,6 +61,15 @@ class ImageResult:
     high: float | None = None
     classifier: dict[int, float] = field(default_factory=dict)  # class_id -> probability
 
+    @classmethod
+    def from_row(cls, row: Mapping, low: float | None = None, high: float | None = None,
+                 classifier: Mapping[int, float] | None = None) -> "ImageResult":
+        """From an image-level row (``cxrdet.formats.image_level``: ``p_abnormal`` NaN/None without
+        a gate) and the gate thresholds in force."""
+        p = row.get("p_abnormal")
+        p = None if p is None or not math.isfinite(float(p)) else float(p)
+        return cls(p, low, high, dict(classifier or {}))
+
 
 @dataclass
 class ReadSR:
@@ -84,14 +94,17 @@ def check_source(source: Dataset) -> None:
         raise InputFailure("the source image has no Rows/Columns; the SR's regions need its size")
 
 
-def build_sr(source: Dataset, dets: Detections, result: ImageResult | None = None, *,
+def build_sr(source: Dataset, dets: Detections, result: ImageResult | Mapping | None = None, *,
              series_instance_uid: str | None = None, sop_instance_uid: str | None = None,
              instance_number: int | None = None) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR of one image (see the module docstring); InputFailure if ``source``
-    lacks what an SR must reference, ValueError for a box outside the image."""
+    lacks what an SR must reference, ValueError for a box outside the image.
+
+    ``result`` may also be an image-level row (a dict with ``p_abnormal``), without thresholds.
+    """
     check_source(source)
     source = _with_type2(source)
-    result = result or ImageResult()
+    result = result if isinstance(result, ImageResult) else ImageResult.from_row(result or {})
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=cxrdet.__version__)
     groups: list = [_finding_group(source, i, box, float(score), int(cid), algorithm)
                     for i, (box, score, cid) in enumerate(_findings(source, dets))]
@@ -141,7 +154,7 @@ def _with_type2(source: Dataset) -> Dataset:
     return copy
 
 
-def sr_bytes(source: Dataset, dets: Detections, result: ImageResult | None = None, **kw) -> bytes:
+def sr_bytes(source: Dataset, dets: Detections, result: ImageResult | Mapping | None = None, **kw) -> bytes:
     """:func:`build_sr` encoded as a DICOM file (preamble, file meta, explicit VR little endian)."""
     from io import BytesIO
 

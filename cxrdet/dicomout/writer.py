@@ -9,7 +9,6 @@ which the loop lists as that image's failure.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,9 +57,7 @@ class SRWriter:
             header = open_header(path)
         except BadDicomError as e:
             raise InputFailure(f"re-reading its header for the SR failed: {e.reason}") from None
-        p = row.get("p_abnormal")
-        p = None if p is None or not math.isfinite(float(p)) else float(p)
-        result = ImageResult(p, self.low, self.high, dict(self.classifier.get(sample.image_id, {})))
+        result = ImageResult.from_row(row, self.low, self.high, self.classifier.get(sample.image_id))
         dets = dets.select(dets.scores >= self.min_score)
         out = atomic.write_bytes(sr_path(self.sr_dir, sample.image_id), sr_bytes(header, dets, result))
         self.written.append(out)
