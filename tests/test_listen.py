@@ -113,7 +113,8 @@ def pacs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, model, pacs):
     tmp = tmp_path_factory.mktemp("node")
-    n = Node(tmp, model, tmp / "out", "--forward", f"127.0.0.1:{pacs['port']}:PACS")
+    n = Node(tmp, model, tmp / "out", "--forward", f"127.0.0.1:{pacs['port']}:PACS", "--vis-dir", str(tmp / "vis"))
+    n.vis = tmp / "vis"
     n.out = tmp / "out"
     yield n
     assert n.stop() == 0, _output(n.proc)
@@ -151,6 +152,7 @@ def test_study_sent_by_storescu_comes_back_as_srs_at_the_pacs(node, study, pacs)
         assert forwarded.detections.boxes.tolist() == local.detections.boxes.tolist()
     rows = pd.read_csv(node.out / "image_level.csv", dtype={"image_id": str})
     assert set(rows["image_id"]) >= uids and rows["image_id"].is_unique
+    assert {p.stem for p in node.vis.glob("*.png")} >= uids  # a picture of each
 
 
 def test_unsupported_sop_class_is_refused(node, tmp_path):

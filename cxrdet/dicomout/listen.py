@@ -81,6 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=TTA_CHOICES, default="none", help="test-time augmentation, as `cxrdet infer --tta`")
     p.add_argument("--out", required=True, help="node folder: inbox/, sr/, failed/, image_level.csv, listen.errors.csv")
     p.add_argument("--forward", metavar="HOST:PORT:AET", help="C-STORE each SR to this node (e.g. the PACS)")
+    p.add_argument("--vis-dir", help="also draw an overlay PNG per image here (<SOP Instance UID>.png), as "
+                   "`cxrdet infer --vis-dir`")
+    p.add_argument("--vis-conf", type=float, default=0.3, help="overlays draw boxes scoring at least this")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--batch-wait", type=float, default=0.5,
                    help="seconds to wait for more images before running a partial batch")
@@ -164,7 +167,7 @@ def build_pipeline(args: argparse.Namespace):
 
     defaults = infer.get_args_parser().parse_args(["--model", "m", "--dicom-dir", "d", "--out", "o"])
     shared = {k: v for k, v in vars(args).items() if k in vars(defaults)}
-    ns = argparse.Namespace(**{**vars(defaults), **shared, "vis_dir": None})
+    ns = argparse.Namespace(**{**vars(defaults), **shared})
     infer.check_args(ns)
     device = torch_device(ns.device, torch.cuda.device_count())
     models, settings, _ = infer.load_detectors(ns.model, device)
