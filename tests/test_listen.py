@@ -15,9 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage
+from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage
 from pynetdicom import AE
-from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
+from pynetdicom.sop_class import (
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    Verification,
+)
 
 from dicom_fixtures import phantom
 from sr_fixtures import dcmtk, detector_export, free_port, write_study
@@ -92,8 +96,14 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
+    """DX For Presentation, CR, and DX For Processing: the three storage classes the node takes."""
     folder = tmp_path_factory.mktemp("study")
-    return write_study(folder, n=3)
+    paths = write_study(folder, n=3)
+    ds = pydicom.dcmread(paths["img2"])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForProcessing
+    ds.PresentationIntentType = "FOR PROCESSING"
+    ds.save_as(paths["img2"])
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +160,8 @@ def test_study_sent_by_storescu_comes_back_as_srs_at_the_pacs(node, study, pacs)
             next(p for p in study.values() if pydicom.dcmread(p).SOPInstanceUID == uid)).StudyInstanceUID
         assert len(forwarded.detections) == len(local.detections) > 0
         assert forwarded.detections.boxes.tolist() == local.detections.boxes.tolist()
+    assert {read_sr(srs[u]).source_sop_class_uid for u in uids} == {
+        DigitalXRayImageStorageForPresentation, ComputedRadiographyImageStorage, DigitalXRayImageStorageForProcessing}
     rows = pd.read_csv(node.out / "image_level.csv", dtype={"image_id": str})
     assert set(rows["image_id"]) >= uids and rows["image_id"].is_unique
     assert {p.stem for p in node.vis.glob("*.png")} >= uids  # a picture of each
