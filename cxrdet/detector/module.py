@@ -129,7 +129,8 @@ class DetectorModule(pl.LightningModule):
 
     def score(self, per_image: dict[str, Detections]) -> dict:
         """Competition mAP@0.4 of ``per_image`` (original pixels) against the validation labels."""
-        from cxrdet.metrics import detections_to_frame, evaluate_detections
+        from cxrdet.detections import detections_to_frame
+    from cxrdet.metrics import evaluate_detections
 
         gt = self.trainer.datamodule.table.val_gt
         det = detections_to_frame({k: with_no_finding(v) for k, v in per_image.items()})
