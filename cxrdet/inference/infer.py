@@ -29,13 +29,12 @@ from tqdm import tqdm
 
 from cxrdet.boxes import HW
 from cxrdet.classes import NO_FINDING
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, to_original
 from cxrdet.device import torch_device
 from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
 from cxrdet.flags import RenamedFlag, add_device_flag
 from cxrdet.formats.failures import FailureLog, errors_path
 from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
-from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
 from cxrdet.formats.provenance import model_record, write_provenance
 from cxrdet.inference.sources import (
