@@ -33,7 +33,7 @@ class SRWriter:
 
     Only findings scoring at least ``min_score`` go in: a viewer draws every region, and the
     hundreds of low-score boxes a submission keeps (free under mAP) would bury the few that
-    matter, and cost highdicom ~10-50 ms each to build.
+    matter, and cost highdicom ~50 ms each to build.
     """
 
     def __init__(self, sr_dir: str | os.PathLike, paths: Mapping[str, os.PathLike],
