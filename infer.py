@@ -3,7 +3,7 @@
 import sys
 
 from cxrdet.cli import run_main
-from cxrdet.inference.infer import get_args_parser, main
+from cxrdet.dicomout.infer_command import get_args_parser, main
 
 if __name__ == "__main__":
     parser = get_args_parser()

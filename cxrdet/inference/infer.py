@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,9 @@ class Outputs:
     image_level: list[dict] = field(default_factory=list)
     classifier_probs: dict[str, dict[str, float]] = field(default_factory=dict)  # id -> clf_<class> -> p
     failures: FailureLog = field(default_factory=FailureLog)
+    # called per image with (sample, submitted detections, image-level row) before it is recorded,
+    # e.g. to write a DICOM SR; commands above this package inject it (see main)
+    on_record: Callable[[Sample, Detections, dict], None] | None = None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -291,7 +295,10 @@ def record_image(s: Sample, det: Detections, p, gate: GateRuntime | None, args, 
             write_overlay(args.vis_dir, s.image_id, s.image, final, s.orig_hw, args.vis_conf)
         except Exception as e:
             raise InputFailure(f"writing its overlay failed: {failure_reason(e)}") from e
-    out.predictions[s.image_id] = keep_confident(final, args.conf)
+    submitted = keep_confident(final, args.conf)
+    if out.on_record is not None:
+        out.on_record(s, submitted, row)
+    out.predictions[s.image_id] = submitted
     out.orig_sizes[s.image_id] = s.orig_hw
     out.image_level.append(row)
 
@@ -301,35 +308,18 @@ def fail_all(samples: list[Sample], what: str, e: Exception, out: Outputs) -> No
         out.failures.add(s.image_id, f"{what}: {failure_reason(e)}")
 
 
-def classify_batch(samples: list[Sample], classifiers, device, out: Outputs) -> list[Sample]:
-    """Classifier probabilities of the batch (kept for the image-level rows); the samples it could
-    classify (a failed batch is listed and left out, so no image-level row lacks its columns)."""
-    from cxrdet.classifier.predict import ensemble_probabilities
-    from cxrdet.formats.image_level import classifier_column
-
-    models, names = classifiers
-    try:
-        probs = ensemble_probabilities(models, [s.image for s in samples], device)
-    except Exception as e:
-        fail_all(samples, "the classifier failed on its batch", e, out)
-        return []
-    cols = [classifier_column(n) for n in names]
-    for s, p in zip(samples, probs):
-        out.classifier_probs[s.image_id] = dict(zip(cols, p.tolist()))
-    return samples
-
-
 def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args,
-                  classifiers=None, device=None) -> Outputs:
+                  classifiers=None, device=None, on_record: Callable | None = None) -> Outputs:
     """The batched loop over ``source`` with a progress bar (``classifiers``: ``(models, class
-    names)`` of ``--classifier``, run on the same decoded images)."""
+    names)`` of ``--classifier``, run on the same decoded images; ``on_record``: called per
+    submitted image, e.g. to write its DICOM SR)."""
     loader = DataLoader(
         source,
         batch_size=args.batch_size,
         num_workers=args.workers,
         collate_fn=collate_samples,  # numpy images of different sizes: nothing to pin or stack
     )
-    out = Outputs()
+    out = Outputs(on_record=on_record)
     with torch.inference_mode(), tqdm(total=len(source), unit="img", desc="infer", file=sys.stderr) as bar:
         for batch in map(uncollate, loader):
             good = [s for s in batch if s.error is None]
@@ -415,7 +405,8 @@ def log(message: str) -> None:
     print(f"infer: {message}", file=sys.stderr)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, record_hook: Callable | None = None) -> int:
+    """``record_hook(source, gate)``, if given, returns the per-image ``Outputs.on_record``."""
     check_args(args)
     device = torch_device(args.device, torch.cuda.device_count())
     models, settings, records = load_detectors(args.model, device, args.runtime)
@@ -427,7 +418,8 @@ def main(args: argparse.Namespace) -> int:
     warn_if_in_fold(args, records)
     start = time.perf_counter()
     classifiers = load_classifiers(args.classifier, device, settings) if getattr(args, "classifier", None) else None
-    out = run_inference(source, models, gate, args, classifiers, device)
+    on_record = record_hook(source, gate) if record_hook else None
+    out = run_inference(source, models, gate, args, classifiers, device, on_record)
     elapsed = time.perf_counter() - start
     write_outputs(args, out, records)
     n_ok = len(source) - len(out.failures)
