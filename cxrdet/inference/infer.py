@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -31,7 +30,6 @@ from cxrdet.detections import Detections
 from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
 from cxrdet.formats.failures import FailureLog
 from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
-from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import write_overlay
 from cxrdet.formats.provenance import model_record, write_provenance
 from cxrdet.inference.sources import (
@@ -45,7 +43,9 @@ from cxrdet.inference.sources import (
     select_shard,
     uncollate,
 )
-from cxrdet.inference.tta import TTA_CHOICES, FusionConfig, predict_fused
+from cxrdet.inference import predictor
+from cxrdet.inference.predictor import GateRuntime, ImageResult, PredictSettings, Predictor, load_detectors
+from cxrdet.inference.tta import TTA_CHOICES, FusionConfig
 
 INTERRUPT_NOTE = ("the submission is written only at the end, so none was (overlays drawn so far are "
                   "kept); a rerun starts over")
@@ -89,16 +89,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class GateRuntime:
-    """A loaded gate, the thresholds in force and the feature groups its schema wants."""
-
-    classifier: object
-    low: float
-    high: float
-    groups: frozenset[str]  # subset of {"metadata", "pixel", "detector"}
-
-
-@dataclass
 class Outputs:
     """Everything a run produced, keyed by image_id."""
 
@@ -132,45 +122,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_detectors(dirs: list[str], device: torch.device) -> tuple[list, object, list[dict]]:
-    """Load every artifact; they must share the cache settings they were trained on.
-
-    Also returns each artifact's provenance record (the split it was trained with)."""
-    from cxrdet.detector.export import load_detector
-    from cxrdet.preprocess.cache import CacheSettings
-
-    models, settings, records = [], None, []
-    for d in dirs:
-        model, cfg = load_detector(d, map_location=device)
-        if not cfg.cache_size or not cfg.cache_voi:
-            raise UserError(f"--model {d}: its config.json records no cache size/windowing (cache_size, "
-                            "cache_voi); export it again with this version of `cxrdet train`")
-        these = CacheSettings(size=int(cfg.cache_size), voi=str(cfg.cache_voi))
-        if settings is not None and these.identity() != settings.identity():
-            raise UserError(
-                f"--model {d} was trained on cache {these} but {dirs[0]} on {settings}; "
-                "ensembled detectors must share the cache size and windowing"
-            )
-        settings = these
-        models.append(model.to(device).eval())
-        records.append(model_record(d, cfg.folds, cfg.fold))
-    return models, settings, records
-
-
 def load_gate(args: argparse.Namespace) -> GateRuntime | None:
-    if not args.gate:
-        return None
-    from cxrdet.gate.features import feature_group
-    from cxrdet.gate.model import GateClassifier
-
-    gate = GateClassifier.load(args.gate)
-    low = gate.low_ if args.low is None else args.low
-    high = gate.high_ if args.high is None else args.high
-    if not 0 <= low < high:
-        # high > 1 is allowed: it means "never drop the No finding row" (tuning grids use 1.01)
-        raise UserError(f"gate thresholds need 0 <= low < high, got low={low}, high={high}")
-    groups = frozenset(feature_group(n) for n in gate.feature_names_)
-    return GateRuntime(gate, float(low), float(high), groups)
+    return predictor.load_gate(args.gate, args.low, args.high) if args.gate else None
 
 
 def build_source(args: argparse.Namespace, settings, with_features: bool) -> ImageSource:
@@ -208,83 +161,39 @@ def fold_ids(folds_csv: str, fold: int, available: list[str]) -> list[str]:
     return ids
 
 
-def gate_probabilities(gate: GateRuntime, samples: list[Sample], dets: list[Detections]) -> np.ndarray:
-    """P(abnormal) per sample from the feature groups the gate was trained with."""
-    from cxrdet.dicomio.meta import META_COLUMNS
-    from cxrdet.gate.features import build_features
-
-    meta = pd.DataFrame([{**{c: s.meta.get(c, np.nan) for c in META_COLUMNS}, "image_id": s.image_id} for s in samples])
-    pixels = pd.DataFrame([{"image_id": s.image_id, **s.features} for s in samples]) if "pixel" in gate.groups else None
-    evidence = {s.image_id: d for s, d in zip(samples, dets)} if "detector" in gate.groups else None
-    features = build_features(meta, pixels, evidence)
-    return np.asarray(gate.classifier.p_abnormal(features), dtype=np.float64).reshape(-1)
-
-
-def process_batch(samples: list[Sample], models: list, gate: GateRuntime | None, args, out: Outputs) -> None:
-    """Detect, map to original pixels, gate, record and draw one batch of good samples.
+def process_batch(samples: list[Sample], model: Predictor, args, out: Outputs) -> None:
+    """Predict one batch of good samples (:class:`Predictor`), then draw and record each image.
 
     A failure lists the images it hit and the run goes on (exit 3 at the end), so one bad image
     or one failed batch never costs the submission of all the others.
     """
-    try:
-        fused = detect_batch(samples, models, args)
-    except Exception as e:  # e.g. out of memory on a large batch: every image of it is lost
-        fail_all(samples, "the detector failed on its batch", e, out)
-        return
-    mapped: list[tuple[Sample, Detections]] = []
-    for s, det in zip(samples, fused):
+    batch = model.predict(samples)
+    for image_id, reason in batch.failures:
+        out.failures.add(image_id, reason)
+    for result in batch.results:
         try:
-            mapped.append((s, to_original(det, s.image.shape[:2], s.orig_hw)))
+            record_image(result, args, out)
         except Exception as e:
-            out.failures.add(s.image_id, f"mapping its boxes to the original size failed: {failure_reason(e)}")
-    if not mapped:
-        return
-    good = [s for s, _ in mapped]
-    try:
-        probs = gate_probabilities(gate, good, [d for _, d in mapped]) if gate else [None] * len(mapped)
-    except Exception as e:
-        fail_all(good, "the gate failed on its batch", e, out)
-        return
-    for (s, det), p in zip(mapped, probs):
-        try:
-            record_image(s, det, p, gate, args, out)
-        except Exception as e:
-            out.failures.add(s.image_id, failure_reason(e))
+            out.failures.add(result.sample.image_id, failure_reason(e))
 
 
-def detect_batch(samples: list[Sample], models: list, args) -> list[Detections]:
-    """Fused detections (all models, TTA views) per sample, in cache pixels."""
-    from cxrdet.detector.predict import predict
-
-    fns = [lambda ims, m=m: predict(m, ims) for m in models]
-    return predict_fused(fns, [s.image for s in samples], args.tta, FusionConfig(iou_thr=args.wbf_iou))
-
-
-def record_image(s: Sample, det: Detections, p, gate: GateRuntime | None, args, out: Outputs) -> None:
-    """Gate one image's detections (original pixels), draw its overlay, then record it.
+def record_image(result: ImageResult, args, out: Outputs) -> None:
+    """Draw one image's overlay, then record it.
 
     Recording comes last, so an image that fails on the way is not half in the outputs.
     """
-    from cxrdet.gate.rules import apply_gate
-
-    final = apply_gate(det, float(p), gate.low, gate.high) if gate else det
-    row = image_level_row(s.image_id, det, p)
+    s = result.sample
     if args.vis_dir:
         try:
-            write_overlay(args.vis_dir, s.image_id, s.image, final, s.orig_hw, args.vis_min_score)
+            write_overlay(args.vis_dir, s.image_id, s.image, result.final, s.orig_hw, args.vis_min_score)
         except Exception as e:
             raise InputFailure(f"writing its overlay failed: {failure_reason(e)}") from e
-    out.predictions[s.image_id] = final
+    out.predictions[s.image_id] = result.final
     out.orig_sizes[s.image_id] = s.orig_hw
-    out.image_level.append(row)
+    out.image_level.append(result.image_level)
 
 
-def fail_all(samples: list[Sample], what: str, e: Exception, out: Outputs) -> None:
-    for s in samples:
-        out.failures.add(s.image_id, f"{what}: {failure_reason(e)}")
-
-
-def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args) -> Outputs:
+def run_inference(source: ImageSource, model: Predictor, args) -> Outputs:
     """The batched loop over ``source`` with a progress bar."""
     loader = DataLoader(
         source,
@@ -300,7 +209,7 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
                 if s.error is not None:
                     out.failures.add(s.image_id, s.error)
             if good:
-                process_batch(good, models, gate, args, out)
+                process_batch(good, model, args, out)
             bar.update(len(batch))
     return out
 
@@ -367,13 +276,14 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models, settings, records = load_detectors(args.model, device)
     gate = load_gate(args)
+    model = Predictor(models, gate, PredictSettings(tta=args.tta, wbf_iou=args.wbf_iou))
     source = build_source(args, settings, with_features=gate is not None and "pixel" in gate.groups)
     if args.vis_dir:
         check_vis_names(args.vis_dir, source.ids)
     announce(args, source, models, settings, device, gate)
     warn_if_in_fold(args, records)
     start = time.perf_counter()
-    out = run_inference(source, models, gate, args)
+    out = run_inference(source, model, args)
     elapsed = time.perf_counter() - start
     write_outputs(args, out, records)
     n_ok = len(source) - len(out.failures)
