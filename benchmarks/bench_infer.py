@@ -50,6 +50,8 @@ from cxrdet.detector.config import DetectorConfig
 from cxrdet.detector.export import load_detector, write_artifact
 from cxrdet.detector.model import build_detector
 from cxrdet.detector.transforms import to_model_input
+from cxrdet.device import torch_device
+from cxrdet.flags import add_device_flag
 from cxrdet.preprocess.cache import CacheReader, CacheWriter
 
 
@@ -61,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="detector architecture (default: the light CPU backbone; use fasterrcnn_resnet50_fpn on a GPU)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--workers", type=int, default=2, help="infer DataLoader workers (default 2)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_flag(p, "both loops run")
     p.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
     p.add_argument("--cache", help="use this existing cache (from `cxrdet prepare`) instead of making one; "
                    "--size and --n-images then come from it")
@@ -177,7 +179,7 @@ def main() -> None:
         with CacheReader(cache) as reader:
             args.n_images, args.size = len(reader.ids), reader.settings.size
         artifact = make_artifact(root, args.arch, cache)
-        device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+        device = torch_device(args.device, torch.cuda.device_count())  # what `cxrdet infer` picks
         base_runs, ours_runs = measure(artifact, cache, root, args, device)
     base, ours = max(base_runs), max(ours_runs)
     print(f"\n{args.n_images} images, {args.arch} at {args.size} px, batch {args.batch_size}, device {device}, "

@@ -8,7 +8,7 @@ same number of steps after the same warm-up; each is run ``--repeats`` times alt
 best run counts (the least disturbed by other processes). Prints images/s of both and the ratio.
 
     python benchmarks/bench_train.py                      # synthetic 256 px data, light model, CPU
-    python benchmarks/bench_train.py --accelerator gpu --model fasterrcnn_resnet50_fpn --size 1024 \
+    python benchmarks/bench_train.py --accelerator gpu --arch fasterrcnn_resnet50_fpn --size 1024 \
         --precision 16-mixed --batch-size 4 --workers 4
 
 Measured 2026-11-23 on the 2-core dev box, defaults (R18-FPN light model, 256 px, batch 2,
@@ -153,7 +153,7 @@ def plain_run(cfg: DetectorConfig, table, warmup: int, steps: int, device: torch
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="fasterrcnn_resnet18_fpn")
+    p.add_argument("--arch", default="fasterrcnn_resnet18_fpn", help="detector architecture")
     p.add_argument("--size", type=int, default=256, help="cache image side (px)")
     p.add_argument("--images", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=2)
@@ -175,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_data(Path(tmp), args.images, args.size)
-        cfg = DetectorConfig(**paths, out=tmp, model=args.model, min_size=args.size, max_size=args.size,
+        cfg = DetectorConfig(**paths, out=tmp, model=args.arch, min_size=args.size, max_size=args.size,
                              batch_size=args.batch_size, workers=args.workers, accelerator=args.accelerator,
                              precision=args.precision, optimizer="sgd", warmup_steps=0, normal_fraction=-1.0,
                              fusion="none")  # one reader per box: nothing to fuse
@@ -189,7 +189,7 @@ def main(args: argparse.Namespace) -> int:
             torch.manual_seed(r)
             lightning.append(lightning_run(cfg, table, args.warmup, args.steps, args.progress_refresh))
     best_l, best_p = max(lightning), max(plain)
-    print(f"device {device}, model {args.model}, {args.size} px, batch {args.batch_size}, precision "
+    print(f"device {device}, model {args.arch}, {args.size} px, batch {args.batch_size}, precision "
           f"{args.precision}, {args.steps} timed steps x {args.repeats} runs (best counts)")
     print(f"plain torchvision loop : {best_p:8.2f} images/s   runs {[round(x, 2) for x in plain]}")
     print(f"cxrdet Lightning module: {best_l:8.2f} images/s   runs {[round(x, 2) for x in lightning]}")

@@ -33,6 +33,7 @@ import pandas as pd
 
 from cxrdet.cli import COMMANDS
 from cxrdet.errors import EXIT_OK, UserError
+from cxrdet.formats.atomic import write_frame, write_json, write_text
 
 INTERRUPT_NOTE = "the steps finished so far are kept under --out, but the demo does not resume: rerun it with --overwrite"
 
@@ -107,21 +108,22 @@ def prepare_out(out: Path, overwrite: bool) -> None:
             raise UserError(f"--out {out} holds an earlier demo run; pass --overwrite to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by `cxrdet demo`; --overwrite may delete this folder\n")
+    write_text(out / MARKER, "made by `cxrdet demo`; --overwrite may delete this folder\n")
 
 
 def fold_labels(labels_csv: Path, folds_csv: Path, fold: int, out_csv: Path) -> Path:
     """The label rows of one fold's images (the gate trains on the detector's held-out fold)."""
-    folds = pd.read_csv(folds_csv, dtype={"image_id": str})
+    from cxrdet.formats.folds import fold_members, read_folds
+
+    held_out = set(fold_members(read_folds(folds_csv), fold))
     labels = pd.read_csv(labels_csv, dtype={"image_id": str}, keep_default_na=False)
-    held_out = set(folds.loc[folds["fold"] == fold, "image_id"])
-    labels[labels["image_id"].isin(held_out)].to_csv(out_csv, index=False)
+    write_frame(out_csv, labels[labels["image_id"].isin(held_out)])
     return out_csv
 
 
 def write_all_normal(test_meta: Path, out_csv: Path) -> Path:
     """The baseline: every test image predicted ``14 1 0 0 1 1``."""
-    from cxrdet.gate.rules import normal_detection
+    from cxrdet.detections import normal_detection
     from cxrdet.formats.submission import write_submission
 
     ids = sorted(pd.read_csv(test_meta, dtype={"image_id": str})["image_id"])
@@ -183,7 +185,7 @@ def main(args: argparse.Namespace) -> int:
                "paths": {"submission": str(out / "submission.csv"), "overlays": str(out / "overlays"),
                          "plots": str(out / "eval" / "plots"), "metrics": str(out / "eval" / "metrics.json"),
                          "image_level": str(out / "image_level.csv"), "commands": str(run.log)}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     print_summary(summary)
     return EXIT_OK
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrdet.boxes import as_boxes
+from cxrdet.classes import NO_FINDING, NORMAL_BOX
 
 DET_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
 
@@ -53,3 +54,8 @@ class Detections:
     def sorted(self) -> "Detections":
         """Highest score first (stable, so equal scores keep their order)."""
         return self.select(np.argsort(-self.scores, kind="stable"))
+
+
+def normal_detection(score: float) -> Detections:
+    """The class-14 ("No finding") call ``14 score 0 0 1 1``: the one place that builds it."""
+    return Detections(np.array([NORMAL_BOX]), np.array([score]), np.array([NO_FINDING]))

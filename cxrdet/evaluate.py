@@ -9,9 +9,7 @@ matplotlib and ensemble-boxes load only when their option is used.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -21,6 +19,7 @@ import pandas as pd
 
 from cxrdet.classes import CLASS_NAMES, NO_FINDING, NUM_CLASSES, NUM_FINDINGS
 from cxrdet.errors import UserError
+from cxrdet.formats.atomic import json_ready, write_json
 from cxrdet.formats.labels import image_level_labels, image_sizes_from_meta, read_labels
 from cxrdet.metrics import IOU_THR, MATCH_MODES, MetricResult, MetricWarning, evaluate_detections
 from cxrdet.formats.submission import read_submission
@@ -130,22 +129,11 @@ def report_json(result: MetricResult, args: argparse.Namespace, auc: dict | None
     out.update({"gt": str(args.gt), "pred": str(args.pred), "fuse_gt": args.fuse_gt})
     if auc is not None:
         out["image_auc"] = {
-            "per_class": {str(c): _none(v) for c, v in auc["per_class"].items()},
-            "abnormal": _none(auc["abnormal"]),
+            "per_class": {str(c): v for c, v in auc["per_class"].items()},
+            "abnormal": auc["abnormal"],
             "n_images": auc["n_images"],
         }
-    return out
-
-
-def _none(x: float) -> float | None:
-    return None if math.isnan(x) else float(x)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    return json_ready(out)  # NaN (an undefined AUC or AP) -> null, as the file holds it
 
 
 def main(args: argparse.Namespace) -> int:
@@ -163,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
     result.warnings = messages
     print(format_table(result, auc))
     if args.json:
-        _write_json(Path(args.json), report_json(result, args, auc))
+        write_json(args.json, report_json(result, args, auc))
         print(f"wrote {args.json}")
     if args.plot_dir:
         from cxrdet.plots import plot_ap_bars, plot_pr_curves

@@ -48,6 +48,7 @@ import pandas as pd
 
 from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX, NUM_CLASSES
 from cxrdet.detections import DET_COLUMNS, Detections
+from cxrdet.formats.atomic import json_ready
 
 IOU_THR = 0.4  # the competition's threshold; a match needs IoU strictly above it
 MATCH_MODES = ("unmatched", "voc")
@@ -75,10 +76,10 @@ class MetricResult:
 
     def to_json(self) -> dict:
         """DESIGN.md §5 JSON (NaN -> null), plus counts, class names and warnings."""
-        return {
-            "map": _num(self.map),
-            "map_no14": _num(self.map_no14),
-            "per_class": {str(c): _num(v) for c, v in self.per_class.items()},
+        return json_ready({
+            "map": self.map,
+            "map_no14": self.map_no14,
+            "per_class": {str(c): v for c, v in self.per_class.items()},
             "n_images": int(self.n_images),
             "iou_thr": self.iou_thr,
             "match": self.match,
@@ -86,11 +87,7 @@ class MetricResult:
             "n_det": {str(c): int(v) for c, v in self.n_det.items()},
             "class_names": {str(c): CLASS_NAMES[c] for c in range(NUM_CLASSES)},
             "warnings": list(self.warnings),
-        }
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else float(x)
+        })
 
 
 def detections_to_frame(predictions: Mapping[str, Detections]) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxrdet.classes import CLASS_NAMES, NUM_CLASSES
+from cxrdet.formats.atomic import atomic_path
 from cxrdet.metrics import MetricResult
 
 DPI = 100  # readable on screen, small files, fast to render
@@ -26,11 +27,9 @@ def _slug(name: str) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=DPI)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI)
     return path
 
 
@@ -93,10 +92,8 @@ def plot_pr_curves(result: MetricResult, out_dir: os.PathLike | str) -> list[Pat
 def _save_pixels(rgba: np.ndarray, path: Path) -> Path:
     from matplotlib.image import imsave
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    imsave(tmp, np.ascontiguousarray(rgba))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        imsave(tmp, np.ascontiguousarray(rgba))
     return path
 
 

@@ -15,8 +15,9 @@ import pandas as pd
 
 from cxrdet.classes import CLASS_NAMES
 from cxrdet.errors import UserError
+from cxrdet.flags import DEFAULT_SEED, RenamedFlag
 from cxrdet.formats.labels import image_level_labels, read_labels
-from cxrdet.formats.submission import atomic_write_csv
+from cxrdet.formats.folds import write_folds
 
 
 def make_folds(labels: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
@@ -25,9 +26,9 @@ def make_folds(labels: pd.DataFrame, k: int, seed: int = 0) -> pd.DataFrame:
 
     y = image_level_labels(labels)
     if k < 2:
-        raise UserError(f"--folds must be at least 2, got {k}")
+        raise UserError(f"a K-fold split needs at least 2 folds, got {k}")
     if k > len(y):
-        raise UserError(f"--folds {k} is more than the {len(y)} labelled images; use at most {len(y)}")
+        raise UserError(f"{k} folds is more than the {len(y)} labelled images; use at most {len(y)} folds")
     fold = np.full(len(y), -1, dtype=np.int64)
     splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     for i, (_, test_idx) in enumerate(splitter.split(np.zeros((len(y), 1)), y.to_numpy())):
@@ -46,23 +47,33 @@ def fold_class_counts(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame
     return counts
 
 
+def _old_folds_hint(value: str) -> str:
+    if value.strip().isdigit():
+        return f"the fold count is now --n-folds {value} (--folds is always a FOLDS.csv path)"
+    return ("split takes no FOLDS.csv: it writes one to --out (--folds is always a FOLDS.csv path; "
+            "the fold count is --n-folds K)")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Multilabel-stratified K-fold split of a label CSV, by image "
                                 "(iterative-stratification over the 15 image-level labels).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--labels", required=True, help="label CSV (VinBigData train.csv format)")
-    p.add_argument("--folds", type=int, default=5, help="number of folds K")
-    p.add_argument("--seed", type=int, default=42, help="shuffle seed; same seed, same split")
-    p.add_argument("--out", required=True, help="output CSV with columns image_id,fold")
+    p.add_argument("--n-folds", type=int, default=5, metavar="K", help="number of folds K")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="shuffle seed; same seed, same split")
+    p.add_argument("--out", required=True, help="output FOLDS.csv with columns image_id,fold")
+    p.add_argument("--folds", action=RenamedFlag, hint=_old_folds_hint)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.n_folds < 2:
+        raise UserError(f"--n-folds must be at least 2 for a K-fold split, got {args.n_folds}")
     labels = read_labels(args.labels)
-    folds = make_folds(labels, args.folds, args.seed)
+    folds = make_folds(labels, args.n_folds, args.seed)
     out = Path(args.out)
-    atomic_write_csv(out, ["image_id", "fold"], list(folds.itertuples(index=False, name=None)))
-    print(f"{len(folds)} images in {args.folds} folds (seed {args.seed}); images per class and fold:")
+    write_folds(out, dict(zip(folds["image_id"], folds["fold"])))
+    print(f"{len(folds)} images in {args.n_folds} folds (seed {args.seed}); images per class and fold:")
     print(fold_class_counts(labels, folds).to_string())
     print(f"wrote {out}")
     return 0

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 from cxrdet.cli import run_main
-from cxrdet.formats.failures import FailureLog
+from cxrdet.formats.atomic import write_frame
+from cxrdet.formats.failures import FailureLog, errors_path
 from cxrdet.preprocess.metadata import collect_metadata
-from cxrdet.preprocess.prepare import list_dicoms, parse_shard
+from cxrdet.preprocess.listing import list_dicoms, parse_shard
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="metadata CSV to write")
     p.add_argument("--shard", default=None, metavar="I/N", help="only shard I of N (0-based)")
     p.add_argument("--errors-out", type=Path, default=None,
-                   help="errors CSV (default: <out stem>_errors.csv beside --out)")
+                   help="errors CSV (default: <out stem>.errors.csv beside --out)")
     return p
 
 
@@ -29,10 +30,9 @@ def main(args: argparse.Namespace) -> int:
     failures = FailureLog()
     paths = list_dicoms(args.dicom_dir, parse_shard(args.shard), failures)
     frame = collect_metadata(paths, failures)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
+    write_frame(args.out, frame)
     print(f"{len(frame)} rows in {args.out}", file=sys.stderr)
-    return failures.report(args.errors_out or args.out.with_name(f"{args.out.stem}_errors.csv"))
+    return failures.report(args.errors_out or errors_path(args.out))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cxrdet.cli import run_main
+from cxrdet.formats.atomic import write_frame
 from cxrdet.preprocess.cache import CacheReader
 from cxrdet.preprocess.metadata import features_from_cache
 
@@ -27,8 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     with CacheReader(args.cache) as cache:
         frame = features_from_cache(cache)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
+    write_frame(args.out, frame)
     print(f"{len(frame)} rows in {args.out}", file=sys.stderr)
     return 0
 

@@ -88,7 +88,7 @@ def cli_args(paths: dict[str, Path], out: Path, *extra) -> list[str]:
     """``cxrdet train`` arguments matching :func:`tiny_config`."""
     args = [
         "train", "--out", out, "--cache", paths["cache"], "--labels", paths["labels"], "--folds", paths["folds"],
-        "--model", "fasterrcnn_resnet18_fpn", "--min-size", CACHE, "--max-size", CACHE,
+        "--arch", "fasterrcnn_resnet18_fpn", "--min-size", CACHE, "--max-size", CACHE,
         "--anchor-sizes", 16, 32, 64, 128, 256, "--box-batch-size-per-image", 128, "--batch-size", 2, "--val-batch-size", 2, "--workers", 0,
         "--optimizer", "adamw", "--lr", 1e-3, "--warmup-steps", 2, "--accelerator", "cpu",
         "--log-every-n-steps", 1, *extra,

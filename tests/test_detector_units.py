@@ -21,7 +21,14 @@ from cxrdet.detector.model import build_detector, load_pretrained, read_state_di
 from cxrdet.detector.module import warmup_cosine, with_no_finding
 from cxrdet.detector.predict import predict
 from cxrdet.detector.resume import find_checkpoint
-from cxrdet.detector.train import apply_sync_batchnorm, get_args_parser, resolve_config, sync_batchnorm_decision
+from cxrdet.cli import main as cli_main
+from cxrdet.detector.train import (
+    _devices,
+    apply_sync_batchnorm,
+    get_args_parser,
+    resolve_config,
+    sync_batchnorm_decision,
+)
 from cxrdet.detector.transforms import AugmentSettings, augment, color_lut, crop, hflip, to_model_input
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
@@ -185,8 +192,12 @@ def test_backbone_weights_load_into_the_body_and_wrong_files_fail(tmp_path):
 
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
     bad = DetectorConfig(**LIGHT, weights=str(tmp_path / "other.pth"))
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(UserError, match="does not fit") as e:
         load_pretrained(build_detector(bad), bad)
+    msg = str(e.value)  # library message: the file, what matched, what was expected; no CLI flags
+    assert f"weights file {tmp_path / 'other.pth'} does not fit the fasterrcnn_resnet18_fpn detector" in msg
+    assert "only 0% of its tensors match" in msg and "'encoder.weight'" in msg
+    assert "config model 'fasterrcnn_resnet18_fpn'" in msg and "backbone_weights" in msg and "--" not in msg
     torch.save({"net": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")  # a module, not tensors
     with pytest.raises(UserError, match="weights_only"):
         read_state_dict(tmp_path / "pickled.pth")
@@ -284,7 +295,7 @@ def test_resume_refuses_validation_and_architecture_changes(tmp_path, monkeypatc
     msg = str(e.value)
     assert "--fold" in msg and "has 0" in msg and "gives 1" in msg and "config.json" in msg and "new --out" in msg
     for flag, value in [("--fusion", "nms"), ("--folds", "other.csv"), ("--labels", "other.csv"),
-                        ("--cache", "other.h5"), ("--limit-val-batches", 0.5), ("--model", V2)]:
+                        ("--cache", "other.h5"), ("--limit-val-batches", 0.5), ("--arch", V2)]:
         with pytest.raises(UserError, match=flag):
             resolve_config(parse(*out, "--resume", flag, value))
     # Same values (a path spelled absolute instead of relative) and training-length flags pass.
@@ -292,3 +303,47 @@ def test_resume_refuses_validation_and_architecture_changes(tmp_path, monkeypatc
     cfg, _ = resolve_config(parse(*out, "--resume", "--fold", 0, "--labels", tmp_path / "train.csv",
                                   "--cache", tmp_path / "c.h5", "--epochs", 30, "--lr", 0.01))
     assert cfg.epochs == 30 and cfg.lr == 0.01 and cfg.fold == 0
+
+
+# ---------------------------------------------------------------- vocabulary: --arch, --device
+DATA = ["--cache", "c.h5", "--labels", "l.csv", "--folds", "f.csv"]
+
+
+@pytest.mark.parametrize("device, accelerator, devices, lightning", [
+    ("cuda:1", "gpu", "1,", [1]), ("cuda", "gpu", "1", 1), ("cpu", "cpu", "1", 1), ("auto", "auto", "1", 1),
+])
+def test_device_shorthand_is_the_lightning_pair(tmp_path, device, accelerator, devices, lightning):
+    cfg, _ = resolve_config(parse("--out", tmp_path / "r", *DATA, "--device", device))
+    assert (cfg.accelerator, cfg.devices) == (accelerator, devices)
+    assert _devices(cfg.devices) == lightning  # what build_trainer hands to pl.Trainer(devices=...)
+
+
+def test_devices_text_golden():
+    assert [_devices(t) for t in ("auto", "2", "0,1", "1,", "-1")] == ["auto", 2, [0, 1], [1], -1]
+
+
+def test_device_shorthand_with_accelerator_or_devices_is_refused(tmp_path):
+    for extra in (["--accelerator", "gpu"], ["--devices", "2"]):
+        with pytest.raises(UserError, match="--device cuda:1 is a shorthand for --accelerator/--devices; give one"):
+            resolve_config(parse("--out", tmp_path / "r", *DATA, "--device", "cuda:1", *extra))
+
+
+def test_arch_sets_the_config_model_and_defaults_match_the_cli_seed(tmp_path):
+    cfg, _ = resolve_config(parse("--out", tmp_path / "r", *DATA, "--arch", "fasterrcnn_resnet18_fpn"))
+    assert cfg.model == "fasterrcnn_resnet18_fpn" and cfg.seed == 0
+    assert resolve_config(parse("--out", tmp_path / "s", *DATA))[0].model == "fasterrcnn_resnet50_fpn"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--model", "fasterrcnn_resnet18_fpn"], "--model fasterrcnn_resnet18_fpn: the architecture is now "
+                                             "--arch fasterrcnn_resnet18_fpn"),
+    (["--model", "runs/f0/export"], "train loads no artifact"),
+    (["--device", "gpu:1"], "argument --device: device 'gpu:1' is not a device name; expected cpu, cuda, cuda:N"),
+])
+def test_old_model_spelling_and_bad_device_exit_2(tmp_path, capsys, argv, says):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--out", str(tmp_path / "r"), *DATA, *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "cxrdet train: error: " in err and says in err
+    assert not (tmp_path / "r").exists()

@@ -44,9 +44,9 @@ def pipe(tmp_path_factory):
     for split in ("train", "test"):
         assert run("prepare", "--dicom-dir", d / "syn" / split, "--out", d / f"{split}.h5",
                    "--meta-out", d / f"{split}_meta.csv", "--size", SIZE, "--workers", 1) == 0
-    assert run("split", "--labels", d / "syn" / "train.csv", "--folds", 2, "--out", d / "folds.csv") == 0
+    assert run("split", "--labels", d / "syn" / "train.csv", "--n-folds", 2, "--out", d / "folds.csv") == 0
     assert run("train", "--out", d / "run", "--cache", d / "train.h5", "--labels", d / "syn" / "train.csv",
-               "--folds", d / "folds.csv", "--fold", 0, "--model", "fasterrcnn_resnet18_fpn",
+               "--folds", d / "folds.csv", "--fold", 0, "--arch", "fasterrcnn_resnet18_fpn",
                "--min-size", SIZE, "--max-size", SIZE, "--max-steps", 3, "--batch-size", 2,
                "--val-batch-size", 4, "--workers", 0, "--accelerator", "cpu", "--devices", 1,
                "--warmup-steps", 1, "--score-thresh", 0.0) == 0
@@ -61,7 +61,7 @@ def pipe(tmp_path_factory):
                "--n-estimators", 20, "--early-stopping", 5, "--workers", 1) == 0
     # the main run: DICOM input with DataLoader workers, the gate, overlays and the image-level CSV
     assert run("infer", "--model", model, "--dicom-dir", d / "syn" / "test", "--gate", d / "gate",
-               "--workers", 2, "--batch-size", 1, "--vis-dir", d / "vis", "--vis-min-score", 0,
+               "--workers", 2, "--batch-size", 1, "--vis-dir", d / "vis", "--vis-conf", 0,
                "--image-level-out", d / "il.csv", "--out", d / "sub.csv") == 0
     meta = pd.read_csv(d / "test_meta.csv", dtype={"image_id": str})
     return {"dir": d, "model": model, "sizes": {r.image_id: (r.rows, r.columns) for r in meta.itertuples()}}
@@ -399,3 +399,31 @@ def test_png_size_rows_without_png_and_png_without_size_row_are_listed(pipe, tmp
     assert "not a readable PNG" in reasons["corrupt"]  # unreadable is said first, not "no size row"
     assert not any(r.startswith(("KeyError", "'")) for r in reasons.values())
     assert sorted(_rows(tmp_path / "sub.csv")) == sorted(set(pipe["sizes"]) - {unsized})
+
+
+def test_conf_filters_the_submission_findings_only(pipe, tmp_path, capsys):
+    """--conf drops findings under it from the submission; class-14 rows and overlays are unchanged."""
+    d = pipe["dir"]
+    ref = read_submission(d / "sub.csv")  # no --conf: every box (the cache run gives the same bytes)
+    scores = np.unique(ref.loc[ref["class_id"] != 14, "score"].to_numpy())
+    mid = len(scores) // 2  # about half the findings go, half stay; the written scores are rounded,
+    conf = float(scores[mid - 1] + scores[mid]) / 2  # so conf lies between two of them
+    for name, extra in {"all": (), "conf": ("--conf", conf)}.items():
+        assert infer(pipe, "--cache", d / "test.h5", "--vis-dir", tmp_path / name, "--vis-conf", 0,
+                     "--out", tmp_path / f"{name}.csv", *extra) == 0
+    got = read_submission(tmp_path / "conf.csv")
+    findings, kept = got[got["class_id"] != 14], ref[(ref["class_id"] != 14) & (ref["score"] >= conf)]
+    assert 0 < len(findings) < (ref["class_id"] != 14).sum()
+    assert (findings["score"] >= conf).all()
+    cols = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
+    pd.testing.assert_frame_equal(findings[cols].reset_index(drop=True), kept[cols].reset_index(drop=True))
+    pd.testing.assert_frame_equal(got.loc[got["class_id"] == 14, cols].reset_index(drop=True),
+                                  ref.loc[ref["class_id"] == 14, cols].reset_index(drop=True))
+    assert sorted(pd.read_csv(tmp_path / "conf.csv", dtype={"image_id": str})["image_id"]) == sorted(pipe["sizes"])
+    for png in sorted((tmp_path / "all").glob("*.png")):  # drawing has its own threshold (--vis-conf)
+        assert (tmp_path / "conf" / png.name).read_bytes() == png.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        infer(pipe, "--cache", d / "test.h5", "--vis-min-score", 0.2, "--out", tmp_path / "old.csv")
+    assert e.value.code == 2 and "--vis-min-score 0.2: renamed to --vis-conf 0.2" in capsys.readouterr().err
+    assert infer(pipe, "--cache", d / "test.h5", "--conf", 1.5, "--out", tmp_path / "bad.csv") == 2
+    assert "--conf is a minimum score in [0, 1], got 1.5" in capsys.readouterr().err

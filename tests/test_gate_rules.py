@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cxrdet.detections import Detections
-from cxrdet.gate.rules import apply_gate, normal_detection, tune_thresholds
+from cxrdet.detections import normal_detection
+from cxrdet.gate.rules import apply_gate, tune_thresholds
 from cxrdet.formats.labels import labels_frame
 from cxrdet.metrics import detections_to_frame, evaluate_detections
 

@@ -92,7 +92,7 @@ def test_shard_errors_are_merged_once_each_and_exit_3(tmp_path, capsys):
     bad.write_text("image_id,PredictionString\n")
     assert cli(["merge-submissions", "--out", str(tmp_path / "x.csv"), *subs, "--errors", str(bad),
                 "--errors-out", str(out_err)]) == 2
-    assert "expected header item,reason" in capsys.readouterr().err
+    assert "expected the header item,reason" in capsys.readouterr().err
 
 
 def test_provenance_records_are_merged_and_a_missing_one_means_none(tmp_path, capsys):

@@ -227,3 +227,14 @@ def test_failure_reasons_are_plain_text():
     assert failure_reason(InputFailure("x.png is not a readable PNG")) == "x.png is not a readable PNG"
     assert failure_reason(UserError("bad file")) == "bad file"
     assert failure_reason(RuntimeError()) == "RuntimeError"
+
+
+def test_keep_confident_drops_low_findings_and_keeps_every_gate_row():
+    from cxrdet.inference.infer import keep_confident
+
+    dets = Detections(np.array([[0, 0, 5, 5], [1, 1, 6, 6], [0, 0, 1, 1], [2, 2, 9, 9]], float),
+                      np.array([0.9, 0.3, 0.2, 0.5]), np.array([3, 0, 14, 7]))
+    kept = keep_confident(dets, 0.5)
+    assert kept.class_ids.tolist() == [3, 14, 7] and kept.scores.tolist() == [0.9, 0.2, 0.5]  # >= conf kept
+    assert keep_confident(dets, None) is dets  # default: keep all
+    assert len(keep_confident(dets, 0.0)) == 4 and keep_confident(dets, 1.0).class_ids.tolist() == [14]

@@ -20,7 +20,8 @@ from cxrdet.dicomio.write import write_dicom
 from cxrdet.errors import UserError
 from cxrdet.formats.failures import FailureLog
 from cxrdet.preprocess.cache import CacheReader, CacheSettings, CacheWriter, partial_path
-from cxrdet.preprocess.prepare import parse_shard, run_prepare
+from cxrdet.preprocess.listing import list_dicoms, parse_shard
+from cxrdet.preprocess.prepare import run_prepare
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_bad_files_are_listed_good_ones_written_exit_3(tmp_path, dicom_dir, caps
     write_good_set(src)
     bad = write_bad_files(src)
     assert _prepare(src, tmp_path / "o", "--workers", "2") == 3
-    errors = {row["item"]: row["reason"] for row in csv.DictReader(open(tmp_path / "o" / "c_errors.csv"))}
+    errors = {row["item"]: row["reason"] for row in csv.DictReader(open(tmp_path / "o" / "c.errors.csv"))}
     assert set(errors) == set(bad)
     for name, reason in bad.items():
         assert reason in errors[name]
@@ -86,7 +87,7 @@ def test_malformed_tags_and_unexpected_errors_fail_their_file_only(tmp_path, mon
 
     monkeypatch.setattr(pipeline_mod, "preprocess_file", bug_on_one_file)
     assert _prepare(src, tmp_path / "o", "--workers", "1") == 3
-    errors = _errors(tmp_path / "o" / "c_errors.csv")
+    errors = _errors(tmp_path / "o" / "c.errors.csv")
     assert set(errors) == {*bad, "m2_12_cr.dicom"}
     assert all(reason in errors[name] for name, reason in bad.items())
     assert "unexpected error" in errors["m2_12_cr.dicom"] and "RuntimeError" in errors["m2_12_cr.dicom"]
@@ -119,7 +120,7 @@ def test_rerun_keeps_a_finished_cache_untouched_until_a_new_image_decodes(tmp_pa
         # only the bad file is "missing" from the cache: retried, listed, cache not reopened
         assert _prepare(src, out.parent, "--workers", "1") == 3
         assert _fingerprint(out) == before and not partial_path(out).exists()
-        assert set(_errors(out.parent / "c_errors.csv")) == {"truncated.dicom"}
+        assert set(_errors(out.parent / "c.errors.csv")) == {"truncated.dicom"}
         # a new good image needs the cache reopened: refused while it is open elsewhere
         write_dicom(src / "new.dicom", phantom(seed=9))
         capsys.readouterr()
@@ -273,7 +274,7 @@ def test_parse_shard_and_duplicate_ids(tmp_path, dicom_dir):
     files = write_good_set(src)
     (src / "m2_12_cr.dcm").write_bytes(files["m2_12_cr"].read_bytes())
     failures = FailureLog()
-    assert prepare_mod.list_dicoms(src, (0, 1), failures)[0].name == "m1_12_implicit.dicom"
+    assert list_dicoms(src, (0, 1), failures)[0].name == "m1_12_implicit.dicom"
     assert [item for item, _ in failures.rows] == ["m2_12_cr.dicom"]
     assert "duplicate image id" in failures.rows[0][1]
 

@@ -23,7 +23,7 @@ def test_scripts_metadata_cache_features(tmp_path):
     meta = _run("extract_metadata.py", "--dicom-dir", src, "--out", tmp_path / "meta_only.csv")
     assert meta.returncode == 3, meta.stderr
     only = pd.read_csv(tmp_path / "meta_only.csv")
-    errors = pd.read_csv(tmp_path / "meta_only_errors.csv")
+    errors = pd.read_csv(tmp_path / "meta_only.errors.csv")
     assert set(errors["item"]) == {"not_dicom.dicom"}  # tags alone: pixel faults go unnoticed
     assert len(only) == 11 and "m2_12_cr" in set(only.image_id)
     assert only.loc[only.image_id == "m2_12_cr", "patient_age"].item() == 2.5

@@ -47,17 +47,49 @@ def test_same_seed_same_split_other_seed_differs():
 
 
 def test_bad_fold_count():
-    with pytest.raises(UserError, match="at least 2"):
+    with pytest.raises(UserError, match="needs at least 2 folds, got 1$"):
         make_folds(synthetic_labels(), 1)
-    with pytest.raises(UserError, match="more than"):
+    with pytest.raises(UserError, match="7 folds is more than the 6 labelled images; use at most 6 folds"):
         make_folds(synthetic_labels(n=6, rare=1), 7)
+
+
+def test_default_seed_is_the_cli_default_and_fixes_the_split(tmp_path):
+    labels_csv = tmp_path / "train.csv"
+    synthetic_labels().to_csv(labels_csv, index=False)
+    out = tmp_path / "folds.csv"
+    assert cli_main(["split", "--labels", str(labels_csv), "--n-folds", "4", "--out", str(out)]) == 0
+    written = pd.read_csv(out, dtype={"image_id": str})
+    pd.testing.assert_frame_equal(written, make_folds(synthetic_labels(), 4, seed=0), check_dtype=False)
+
+
+@pytest.mark.parametrize("old, says", [
+    ("5", "the fold count is now --n-folds 5"),
+    ("FOLDS.csv", "it writes one to --out"),
+])
+def test_old_folds_count_spelling_exits_2_naming_n_folds(tmp_path, capsys, old, says):
+    labels_csv = tmp_path / "train.csv"
+    synthetic_labels().to_csv(labels_csv, index=False)
+    out = tmp_path / "folds.csv"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["split", "--labels", str(labels_csv), "--folds", old, "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cxrdet split: error: --folds {old}: " in err and says in err
+    assert not out.exists()
+
+
+def test_cli_fold_count_below_2_exit_2_names_the_flag(tmp_path, capsys):
+    labels_csv = tmp_path / "train.csv"
+    synthetic_labels().to_csv(labels_csv, index=False)
+    assert cli_main(["split", "--labels", str(labels_csv), "--n-folds", "1", "--out", str(tmp_path / "f.csv")]) == 2
+    assert "--n-folds must be at least 2 for a K-fold split, got 1" in capsys.readouterr().err
 
 
 def test_cli_writes_folds_and_prints_table(tmp_path, capsys):
     labels_csv = tmp_path / "train.csv"
     synthetic_labels().to_csv(labels_csv, index=False)
     out = tmp_path / "folds.csv"
-    assert cli_main(["split", "--labels", str(labels_csv), "--folds", "3", "--seed", "0", "--out", str(out)]) == 0
+    assert cli_main(["split", "--labels", str(labels_csv), "--n-folds", "3", "--seed", "0", "--out", str(out)]) == 0
     folds = pd.read_csv(out)
     assert len(folds) == 120 and sorted(folds.fold.unique()) == [0, 1, 2]
     printed = capsys.readouterr().out
@@ -67,5 +99,5 @@ def test_cli_writes_folds_and_prints_table(tmp_path, capsys):
 def test_cli_bad_labels_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\na,ILD,5,R1,5,1,2,3\n")
-    assert cli_main(["split", "--labels", str(bad), "--folds", "2", "--out", str(tmp_path / "f.csv")]) == 2
+    assert cli_main(["split", "--labels", str(bad), "--n-folds", "2", "--out", str(tmp_path / "f.csv")]) == 2
     assert f"{bad}:2" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrdet.errors import UserError
+from cxrdet.formats import atomic
 
 MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet18_fpn")
 OPTIMIZERS = ("sgd", "adamw")
@@ -90,7 +91,7 @@ class DetectorConfig:
     strategy: str = "auto"  # Lightning picks DDP for several devices
     precision: str = "32-true"  # safe everywhere; use 16-mixed / bf16-mixed on GPUs
     sync_batchnorm: bool = False  # on by itself for v2 (BatchNorm heads) with >1 CUDA process; CPU cannot sync BN
-    seed: int = 42  # same seed, same sampling and augmentations
+    seed: int = 0  # same seed, same sampling and augmentations; 0 = every cxrdet --seed default
     limit_train_batches: float = 1.0  # fraction (<=1) or count (>1) of batches; 1.0 = all
     limit_val_batches: float = 1.0  # the metric needs the whole fold: keep 1.0 for real runs
     log_every_n_steps: int = 20  # Lightning's default cadence is 50; 20 gives smoother curves
@@ -133,12 +134,7 @@ class DetectorConfig:
         return bool(self.weights or self.backbone_weights)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic.write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "DetectorConfig":

@@ -100,7 +100,8 @@ def load_table(cfg: DetectorConfig) -> TrainingTable:
     if not train_ids or not val_ids:
         raise UserError(
             f"fold {cfg.fold} of {cfg.folds} leaves {len(train_ids)} training and {len(val_ids)} validation "
-            "images; both need at least one. Rerun `cxrdet split` with --folds >= 2 or pick another --fold."
+            "images; both need at least one: split into 2 or more folds (`cxrdet split --n-folds K`) or "
+            f"validate on a fold that {cfg.folds} holds."
         )
     val_gt = fused[fused["image_id"].isin(set(val_ids))].reset_index(drop=True)
     return TrainingTable(targets, {i: sizes[i] for i in order}, train_ids, val_ids, val_gt, cache_size, cache_voi)

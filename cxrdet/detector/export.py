@@ -15,6 +15,7 @@ from torch import nn
 from cxrdet.detector.config import DetectorConfig
 from cxrdet.detector.model import build_detector
 from cxrdet.errors import UserError
+from cxrdet.formats.atomic import atomic_path
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -31,9 +32,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
 def write_artifact(state: dict[str, torch.Tensor], cfg: DetectorConfig, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (MODEL_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out / MODEL_FILE)  # atomic: a crash never leaves a half-written model.pt
+    with atomic_path(out / MODEL_FILE) as tmp:  # a crash never leaves a half-written model.pt
+        torch.save(state, tmp)
     cfg.save(out / CONFIG_FILE)
     return out
 

@@ -120,7 +120,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> list[str]:
+def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str,
+                   model_name: str) -> list[str]:
     """Load the tensors whose name and shape match; return the names replaced (shape differs)."""
     own = module.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -132,8 +133,8 @@ def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], path: Path
         raise UserError(
             f"weights file {path} does not fit the {what}: only {share:.0%} of its tensors match by "
             f"name and shape (file keys look like {example!r}). Expected a torchvision "
-            f"{what} state dict; check --model, or use --weights for a full detector and "
-            "--backbone-weights for an ImageNet ResNet"
+            f"{what} state dict: the architecture must match the file (config model {model_name!r}), a "
+            "full-detector file goes in the weights field and an ImageNet ResNet file in backbone_weights"
         )
     module.load_state_dict(matched, strict=False)
     return replaced
@@ -145,12 +146,12 @@ def load_pretrained(model: FasterRCNN, cfg: DetectorConfig, log=print) -> None:
         path = Path(cfg.backbone_weights)
         state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
         # torchvision ResNet keys (conv1.weight, layer1.0...) live under backbone.body.
-        replaced = _load_matching(model.backbone.body, state, path, f"{cfg.model} backbone (ResNet)")
+        replaced = _load_matching(model.backbone.body, state, path, f"{cfg.model} backbone (ResNet)", cfg.model)
         log(f"loaded backbone weights from {path}" + (f"; replaced (shape differs): {replaced}" if replaced else ""))
     if cfg.weights:
         path = Path(cfg.weights)
         state = read_state_dict(path)
-        replaced = _load_matching(model, state, path, f"{cfg.model} detector")
+        replaced = _load_matching(model, state, path, f"{cfg.model} detector", cfg.model)
         msg = f"loaded detector weights from {path}"
         if replaced:
             msg += f"; class head replaced for {NUM_DETECTOR_LABELS} labels (shape differs): {replaced}"

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 
 from cxrdet.boxes import scale_boxes
-from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX
-from cxrdet.detections import Detections
+from cxrdet.classes import CLASS_NAMES
+from cxrdet.detections import Detections, normal_detection
 from cxrdet.detector.config import DetectorConfig
 from cxrdet.detector.model import build_detector, load_pretrained
 from cxrdet.detector.predict import outputs_to_detections
@@ -45,8 +45,7 @@ def warmup_cosine(step: int, total: int, warmup: int, warmup_factor: float, min_
 def with_no_finding(det: Detections) -> Detections:
     """Add the class-14 call ``(0, 0, 1, 1)`` scored ``1 - max finding score``."""
     score = 1.0 - (float(det.scores.max()) if len(det) else 0.0)
-    normal = Detections(np.array([NORMAL_BOX]), np.array([score]), np.array([NO_FINDING]))
-    return Detections.concat([det, normal])
+    return Detections.concat([det, normal_detection(score)])
 
 
 def _finite(x: float) -> float:

@@ -1,8 +1,8 @@
 """Continuing a run folder: which checkpoint to resume from, and which settings may not change.
 
-``--resume`` continues RUN_DIR and fails when there is nothing to continue; ``--resume auto``
-continues when there is something and starts fresh otherwise, so a SLURM requeue can rerun the
-very same command. The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM checkpoints
+``cxrdet train --resume`` continues RUN_DIR and fails when there is nothing to continue;
+``--resume auto`` continues when there is something and starts fresh otherwise, so a SLURM requeue
+can rerun the very same command (the messages and the choice live in the command module). The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM checkpoints
 (``RUN_DIR/hpc_ckpt_N.ckpt``, written when the job is signalled before preemption) is used.
 
 A resumed run keeps its architecture (the checkpoint must fit the network) and its validation
@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from cxrdet.detector.config import ARCHITECTURE_FIELDS, VALIDATION_FIELDS, DetectorConfig
-from cxrdet.errors import UserError
 
 CKPT_DIR = "checkpoints"
 LAST = "last.ckpt"
 HPC_GLOB = "hpc_ckpt_*.ckpt"  # Lightning's SLURM checkpoints, written to the Trainer's default_root_dir
-RESUME_ALWAYS = "always"  # `--resume`: RUN_DIR must hold a run
-RESUME_AUTO = "auto"  # `--resume auto`: continue when RUN_DIR holds a run, else start fresh
+RESUME_ALWAYS = "always"  # the run folder must hold a run
+RESUME_AUTO = "auto"  # continue when the run folder holds a run, else start fresh
 PATH_FIELDS = ("cache", "labels", "folds", "weights", "backbone_weights")
 
 
@@ -34,18 +33,6 @@ def find_checkpoint(out: str | os.PathLike) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def resume_from(out: str | os.PathLike, mode: str | None) -> Path | None:
-    """The checkpoint to continue from under ``--resume [auto]`` (None = start fresh), or a UserError."""
-    ckpt = find_checkpoint(out)
-    if mode == RESUME_ALWAYS and ckpt is None:
-        raise UserError(f"--resume: {Path(out) / CKPT_DIR / LAST} does not exist; nothing to continue "
-                        "(train without --resume first, or pass --resume auto to start fresh when empty)")
-    if mode is None and ckpt is not None:
-        raise UserError(f"{out} already holds a run ({ckpt}); pass --resume to continue it "
-                        "(--resume auto in scripts that may rerun) or choose a new --out")
-    return ckpt
-
-
 def _same(name: str, old: Any, new: Any) -> bool:
     if name in PATH_FIELDS and old and new:
         # A requeued job may spell the same file differently (relative vs absolute).
@@ -53,18 +40,12 @@ def _same(name: str, old: Any, new: Any) -> bool:
     return old == new
 
 
-def check_unchanged(base: DetectorConfig, given: dict[str, Any], source: str | os.PathLike, last: Path) -> None:
-    """Refuse flags that would change the architecture or the validation of the run being resumed."""
+def changed_field(base: DetectorConfig, given: dict[str, Any]) -> str | None:
+    """The first architecture or validation field that ``given`` would change in ``base`` (None: none).
+
+    A resumed run must keep both (module docstring); paths compare as resolved files.
+    """
     for name in (*ARCHITECTURE_FIELDS, *VALIDATION_FIELDS):
-        old = getattr(base, name)
-        if name not in given or _same(name, old, given[name]):
-            continue
-        flag = "--" + name.replace("_", "-")
-        why = ("it fixes the network the checkpoint was trained as" if name in ARCHITECTURE_FIELDS else
-               "it defines the validation that best.ckpt was chosen on")
-        moved = f", or edit {name!r} in {source} if the file only moved" if name in PATH_FIELDS else ""
-        raise UserError(
-            f"{source}: --resume cannot change {flag}: the run has {old!r}, the command line gives "
-            f"{given[name]!r} ({why}). Drop {flag} to continue the run as it is{moved}, or start a new "
-            f"--out (add --weights {last} to start from this run's weights)"
-        )
+        if name in given and not _same(name, getattr(base, name), given[name]):
+            return name
+    return None

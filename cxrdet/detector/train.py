@@ -24,8 +24,19 @@ import warnings
 from pathlib import Path
 
 from cxrdet.detector.config import FUSIONS, MODELS, OPTIMIZERS, DetectorConfig
-from cxrdet.detector.resume import CKPT_DIR, LAST, RESUME_ALWAYS, RESUME_AUTO, check_unchanged, resume_from
+from cxrdet.detector.resume import (
+    ARCHITECTURE_FIELDS,
+    CKPT_DIR,
+    LAST,
+    PATH_FIELDS,
+    RESUME_ALWAYS,
+    RESUME_AUTO,
+    changed_field,
+    find_checkpoint,
+)
+from cxrdet.device import DEVICE_FORMS, lightning_devices
 from cxrdet.errors import UserError
+from cxrdet.flags import RenamedFlag, device_arg
 
 CONFIG_FILE = "config.json"
 EXPORT_DIR = "export"
@@ -37,7 +48,7 @@ FLAGS: dict[str, tuple[type, str]] = {
     "--labels": (str, "label CSV (VinBigData train.csv format, original pixels)"),
     "--folds": (str, "FOLDS.csv (image_id,fold) from `cxrdet split`"),
     "--fold": (int, "validation fold; the other folds train"),
-    "--model": (str, "detector (resnet18 is the light CPU/demo option)"),
+    "--arch": (str, "detector architecture (resnet18 is the light CPU/demo option)"),
     "--weights": (str, "local full-detector state dict, e.g. models-weight/<coco>.pth (head replaced if shapes differ)"),
     "--backbone-weights": (str, "local ImageNet ResNet state dict (torchvision resnet keys)"),
     "--trainable-layers": (int, "backbone stages that train with pretrained weights (0-5)"),
@@ -60,8 +71,8 @@ FLAGS: dict[str, tuple[type, str]] = {
     "--workers": (int, "DataLoader workers per device"),
     "--epochs": (int, "epochs"),
     "--max-steps": (int, "stop after this many optimizer steps (-1 = by epochs)"),
-    "--accelerator": (str, "cpu, gpu, auto, ..."),
-    "--devices": (str, "devices per node: auto, a count, or a list like 0,1"),
+    "--accelerator": (str, "cpu, gpu, auto, ... (or the --device shorthand)"),
+    "--devices": (str, "devices per node: auto, a count (2), or GPU indices (0,1; one index as 1,)"),
     "--num-nodes": (int, "nodes (torchrun / SLURM)"),
     "--strategy": (str, "auto, ddp, ddp_find_unused_parameters_true, ..."),
     "--precision": (str, "32-true, 16-mixed, bf16-mixed"),
@@ -72,7 +83,10 @@ FLAGS: dict[str, tuple[type, str]] = {
 }
 
 
-CHOICES = {"--model": MODELS, "--fusion": FUSIONS, "--optimizer": OPTIMIZERS}
+CHOICES = {"--arch": MODELS, "--fusion": FUSIONS, "--optimizer": OPTIMIZERS}
+# flag -> config field, where they differ: `--model` is an artifact folder to load in every command,
+# so the architecture is `--arch`; config.json keeps its `model` key, so old run folders still load.
+DESTS = {"--arch": "model"}
 PATH_FLAGS = {"--cache", "--labels", "--folds", "--weights", "--backbone-weights"}
 
 
@@ -84,6 +98,13 @@ def _metavar(flag: str, typ: type) -> str:
     return {int: "N", float: "X"}.get(typ, "VALUE")
 
 
+def _old_model_hint(value: str) -> str:
+    if value in MODELS:
+        return f"the architecture is now --arch {value} (--model is always an artifact folder to load)"
+    return (f"train loads no artifact (--model is an artifact folder to load elsewhere): the architecture "
+            f"is --arch ({', '.join(MODELS)}); to start from a run's weights pass --weights FILE")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = DetectorConfig()
     p = argparse.ArgumentParser(
@@ -92,11 +113,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (checkpoints, logs, config.json, export/)")
     for flag, (typ, text) in FLAGS.items():
-        dest = flag[2:].replace("-", "_")
+        dest = DESTS.get(flag, flag[2:].replace("-", "_"))
         default = getattr(defaults, dest)
         nargs = "+" if isinstance(default, list) else None
-        p.add_argument(flag, type=typ, nargs=nargs, default=None, choices=CHOICES.get(flag),
+        p.add_argument(flag, type=typ, nargs=nargs, default=None, choices=CHOICES.get(flag), dest=dest,
                        metavar=_metavar(flag, typ), help=f"{text} (default: {default!r})")
+    p.add_argument("--device", type=device_arg, default=None, metavar="DEVICE",
+                   help=f"one-device shorthand for --accelerator/--devices: {DEVICE_FORMS}; cuda:1 = GPU 1 "
+                        "(--accelerator gpu --devices 1,), cuda = one GPU, cpu = one process, auto = one "
+                        "device of any kind; not together with --accelerator/--devices")
+    p.add_argument("--model", action=RenamedFlag, hint=_old_model_hint)
     p.add_argument("--sync-batchnorm", action="store_true", default=None,
                    help="SyncBatchNorm across CUDA devices (on by itself for the v2 model; off on CPU)")
     p.add_argument("--resume", nargs="?", const=RESUME_ALWAYS, default=None, choices=(RESUME_AUTO, RESUME_ALWAYS),
@@ -110,6 +136,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> tuple[DetectorConfig, Path | None]:
     """Defaults <- RUN_DIR/config.json (when resuming) <- flags given explicitly; and the checkpoint to resume."""
     out = Path(args.out)
+    apply_device_shorthand(args)
     ckpt = resume_from(out, args.resume)
     base = DetectorConfig.load(out / CONFIG_FILE) if ckpt else DetectorConfig()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DetectorConfig)
@@ -122,6 +149,50 @@ def resolve_config(args: argparse.Namespace) -> tuple[DetectorConfig, Path | Non
             raise UserError(f"--{name} is required (or --resume a run whose config.json names it)")
     cfg.check("command line")
     return cfg, ckpt
+
+
+def resume_from(out: Path, mode: str | None) -> Path | None:
+    """The checkpoint to continue from under ``--resume [auto]`` (None = start fresh), or a UserError."""
+    ckpt = find_checkpoint(out)
+    if mode == RESUME_ALWAYS and ckpt is None:
+        raise UserError(f"--resume: {out / CKPT_DIR / LAST} does not exist; nothing to continue "
+                        "(train without --resume first, or pass --resume auto to start fresh when empty)")
+    if mode is None and ckpt is not None:
+        raise UserError(f"{out} already holds a run ({ckpt}); pass --resume to continue it "
+                        "(--resume auto in scripts that may rerun) or choose a new --out")
+    return ckpt
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a DetectorConfig field (``model`` -> ``--arch``)."""
+    return next((f for f, dest in DESTS.items() if dest == field), "--" + field.replace("_", "-"))
+
+
+def check_unchanged(base: DetectorConfig, given: dict, source: Path, last: Path) -> None:
+    """Refuse flags that would change the architecture or the validation of the run being resumed."""
+    name = changed_field(base, given)
+    if name is None:
+        return
+    flag = flag_of(name)
+    why = ("it fixes the network the checkpoint was trained as" if name in ARCHITECTURE_FIELDS else
+           "it defines the validation that best.ckpt was chosen on")
+    moved = f", or edit {name!r} in {source} if the file only moved" if name in PATH_FIELDS else ""
+    raise UserError(
+        f"{source}: --resume cannot change {flag}: the run has {getattr(base, name)!r}, the command line "
+        f"gives {given[name]!r} ({why}). Drop {flag} to continue the run as it is{moved}, or start a new "
+        f"--out (add --weights {last} to start from this run's weights)"
+    )
+
+
+def apply_device_shorthand(args: argparse.Namespace) -> None:
+    """``--device X`` -> the ``--accelerator``/``--devices`` pair it stands for (in place)."""
+    if getattr(args, "device", None) is None:
+        return
+    if args.accelerator is not None or args.devices is not None:
+        raise UserError(f"--device {args.device} is a shorthand for --accelerator/--devices; give one or the other")
+    accelerator, devices = lightning_devices(args.device)
+    args.accelerator = accelerator
+    args.devices = ",".join(map(str, devices)) + "," if isinstance(devices, list) else str(devices)
 
 
 def sync_batchnorm_decision(cfg: DetectorConfig, on_cuda: bool, world_size: int) -> tuple[bool, str]:
@@ -151,9 +222,14 @@ def apply_sync_batchnorm(trainer, module, cfg: DetectorConfig) -> None:
 
 
 def _devices(value: str):
+    """Config text -> Lightning ``devices``: "2" a count, "0,1" / "1," GPU indices, else as is."""
     text = str(value).strip()
     if text.lstrip("-").isdigit():
         return int(text)
+    if "," in text:
+        parts = [t.strip() for t in text.split(",") if t.strip()]
+        if parts and all(t.isdigit() for t in parts):
+            return [int(t) for t in parts]
     return text
 
 
@@ -210,7 +286,10 @@ def main(args: argparse.Namespace) -> int:
     if trainer.is_global_zero:
         cfg.save(out / CONFIG_FILE)
     # Fresh runs read --weights once; resumed runs (and load_from_checkpoint) take them from the checkpoint.
-    module = DetectorModule(cfg.to_dict(), load_weights=resume is None)
+    try:
+        module = DetectorModule(cfg.to_dict(), load_weights=resume is None)
+    except UserError as e:  # the weights files: name the flags that set them
+        raise UserError(f"{e} (flags: --arch, --weights, --backbone-weights)") from None
     apply_sync_batchnorm(trainer, module, cfg)
     datamodule = DetectorDataModule(cfg, table)
     rank_zero_info(f"resuming {out} from {resume}" if resume else f"starting a fresh run in {out}")

@@ -55,10 +55,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:
-    """Write a CSV (``header`` then ``rows``) atomically; returns the path."""
+def write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable[Any]],
+              lineterminator: str = "\r\n") -> Path:
+    """Write a CSV (``header`` then ``rows``) atomically; returns the path.
+
+    CRLF is the csv module's default (kept for old files' bytes); pandas-written formats pass "\n".
+    """
     buf = io.StringIO(newline="")
-    w = csv.writer(buf, lineterminator="\r\n")  # the csv module's default, kept for old files' bytes
+    w = csv.writer(buf, lineterminator=lineterminator)
     w.writerow(header)
     w.writerows(rows)
     return write_text(path, buf.getvalue())

@@ -62,6 +62,8 @@ class FailureLog:
 def read_failures(path: str | os.PathLike) -> FailureLog:
     """Read an errors CSV back (for merging shard runs)."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"errors CSV {path} does not exist (expected a file item,reason written beside an output)")
     log = FailureLog()
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as f:

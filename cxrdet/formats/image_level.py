@@ -18,6 +18,7 @@ import pandas as pd
 from cxrdet.classes import NUM_FINDINGS
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
+from cxrdet.formats import atomic
 
 CLASS_COLUMNS = [f"p_{k}" for k in range(NUM_FINDINGS)]
 IMAGE_LEVEL_COLUMNS = ["image_id", "p_abnormal", *CLASS_COLUMNS]
@@ -45,13 +46,8 @@ def image_level_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def write_image_level(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
-    """Write the CSV atomically (a temporary file renamed over the target)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame[IMAGE_LEVEL_COLUMNS].to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
-    return path
+    """Write the CSV atomically (:mod:`cxrdet.formats.atomic`)."""
+    return atomic.write_frame(path, frame[IMAGE_LEVEL_COLUMNS], float_format="%.6g")
 
 
 def read_image_level(path: str | os.PathLike) -> pd.DataFrame:

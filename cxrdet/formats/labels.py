@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdet.classes import CLASS_NAMES, NO_FINDING, NUM_CLASSES
+from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX, NUM_CLASSES
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
 
@@ -204,7 +204,7 @@ def labels_by_image(labels: pd.DataFrame, include_no_finding: bool = False) -> d
     sub = labels[keep]
     boxes = sub[COORD_COLUMNS].to_numpy(dtype=np.float64).copy()
     sub_cid = cid[keep]
-    boxes[sub_cid == NO_FINDING] = (0.0, 0.0, 1.0, 1.0)
+    boxes[sub_cid == NO_FINDING] = NORMAL_BOX
     for image_id, idx in sub.groupby("image_id", sort=False).indices.items():
         out[image_id] = Detections(boxes[idx], np.ones(len(idx)), sub_cid[idx])
     return out

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxrdet.errors import UserError
+from cxrdet.formats import atomic
 
 FORMAT = "cxrdet-infer-provenance"
 VERSION = 1
@@ -55,12 +56,8 @@ def resolve_folds(folds: str, artifact: Path) -> str:
 
 def write_provenance(csv_path: str | os.PathLike, runs: list[dict]) -> Path:
     """Write the sidecar of ``csv_path`` (atomically, like the CSV)."""
-    path = provenance_path(csv_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "runs": runs}, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(provenance_path(csv_path), {"format": FORMAT, "version": VERSION, "runs": runs},
+                             indent=1)
 
 
 def read_provenance(path: str | os.PathLike) -> list[dict]:

@@ -11,7 +11,6 @@ import csv
 import functools
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,8 +20,9 @@ import pandas as pd
 
 from cxrdet.boxes import clip_boxes
 from cxrdet.classes import NO_FINDING, NORMAL_BOX, NUM_CLASSES
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, normal_detection
 from cxrdet.errors import UserError
+from cxrdet.formats import atomic
 from cxrdet.formats.labels import bad_rows_error
 
 HEADER = ["image_id", "PredictionString"]
@@ -229,7 +229,7 @@ def _prepare(image_id: str, dets: Detections, hw: tuple[int, int] | None,
 def write_submission(path: os.PathLike | str, predictions: Mapping[str, Detections],
                      image_ids: Sequence[str], orig_sizes: Mapping[str, tuple[int, int]] | None = None,
                      *, missing: str = "error", decimals: int = DECIMALS) -> Path:
-    """Write the submission atomically (temp file + ``os.replace``), one row per ``image_ids``.
+    """Write the submission atomically (:mod:`cxrdet.formats.atomic`), one row per ``image_ids``.
 
     ``orig_sizes`` (image_id -> (rows, columns)): finding boxes are clipped inside the original
     image. Boxes are rounded to ``decimals``; a finding box left with no width or height (wholly
@@ -258,8 +258,7 @@ def write_submission(path: os.PathLike | str, predictions: Mapping[str, Detectio
     if absent and missing == "error":
         raise UserError(f"{path}: {len(absent)} image(s) have no predictions, e.g. {absent[:5]}; "
                         "predict them, or choose an explicit fill for missing images")
-    normal = Detections(np.array([[0.0, 0.0, 1.0, 1.0]]), np.array([1.0]), np.array([NO_FINDING]))
-    fill = normal if missing == "normal" else Detections.empty()
+    fill = normal_detection(1.0) if missing == "normal" else Detections.empty()
     rows, dropped = [], 0
     for k in ids:
         hw = None if orig_sizes is None else orig_sizes.get(k)
@@ -272,24 +271,7 @@ def write_submission(path: os.PathLike | str, predictions: Mapping[str, Detectio
         warnings.warn(f"{path}: {dropped} box(es) had no width or height once clipped to their image "
                       f"and rounded to {decimals} decimals (x_max <= x_min or y_max <= y_min) and "
                       "were dropped", stacklevel=2)
-    atomic_write_csv(path, HEADER, rows)
-    return path
-
-
-def atomic_write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
-    """Write a CSV via a temp file in the same folder and ``os.replace``: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a submission is meant to be shared
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return atomic.write_csv(path, HEADER, rows)
 
 
 def read_submission(path: os.PathLike | str, *, with_ids: bool = False):

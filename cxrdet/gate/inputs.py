@@ -14,6 +14,7 @@ import pandas as pd
 from cxrdet.classes import NO_FINDING
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
+from cxrdet.formats.folds import fold_members, read_folds
 from cxrdet.gate.features import detections_from_frame
 
 
@@ -34,7 +35,9 @@ def read_table(path: Path, required: list[str], fix: str) -> pd.DataFrame:
 
 def read_pixel_table(meta: Path, pixel_features: str | None) -> pd.DataFrame:
     """The pixel features CSV, by default ``<meta stem>_pixel_features.csv`` beside META.csv."""
-    path = Path(pixel_features) if pixel_features else meta.with_name(f"{meta.stem}_pixel_features.csv")
+    from cxrdet.preprocess.tables import features_path
+
+    path = Path(pixel_features) if pixel_features else features_path(meta)
     if not path.is_file():
         raise UserError(
             f"{path}: pixel features file not found. Fix: pass --pixel-features (written by "
@@ -82,20 +85,15 @@ def restrict_meta(meta: pd.DataFrame, y: pd.Series, meta_path: Path, labels_path
 
 
 def read_fold_column(path: Path, ids: list[str]) -> np.ndarray:
-    """Fold number of each id from FOLDS.csv (image_id,fold)."""
-    df = read_table(path, ["image_id", "fold"], "make it with `cxrdet split --labels CSV --out FOLDS.csv`")
-    fold = pd.to_numeric(df["fold"], errors="coerce")
-    bad = np.flatnonzero(~np.isfinite(fold.to_numpy(np.float64)))
-    if len(bad):
-        raise UserError(f"{path}: fold must be an integer, see CSV line(s) {[int(i) + 2 for i in bad[:5]]}")
-    folds = pd.Series(fold.astype(np.int64).to_numpy(), index=df["image_id"].str.strip())
-    absent = [i for i in ids if i not in folds.index]
+    """Fold number of each id from FOLDS.csv (image_id,fold); every labelled id must have one."""
+    folds = read_folds(path)
+    absent = [i for i in ids if i not in folds]
     if absent:
         raise UserError(
             f"{path}: {len(absent)} labelled image(s) have no fold, e.g. {absent[:5]}. Fix: make "
             "the folds from the same label CSV (`cxrdet split`)"
         )
-    return folds[~folds.index.duplicated()].reindex(ids).to_numpy()
+    return np.array([folds[i] for i in ids], dtype=np.int64)
 
 
 def read_detections(path: Path, ids: list[str]) -> dict[str, Detections]:
@@ -214,9 +212,11 @@ def fold_ids_of(model: dict, record: Path) -> set[str]:
 
 def validation_ids(folds_path: Path, fold: int, what: str) -> set[str]:
     """The ids of ``fold`` in a FOLDS.csv (image_id,fold); ``what`` names the file in errors."""
-    df = read_table(folds_path, ["image_id", "fold"], what)
-    numbers = pd.to_numeric(df["fold"], errors="coerce")
-    return set(df.loc[numbers == fold, "image_id"].str.strip())
+    try:
+        folds = read_folds(folds_path)
+    except UserError as e:
+        raise UserError(f"{what}: {e}") from None
+    return set(fold_members(folds, fold))
 
 
 def held_out_ids(run: Path) -> set[str]:

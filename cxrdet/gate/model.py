@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from cxrdet.errors import UserError
+from cxrdet.formats import atomic
 from cxrdet.gate.features import FeatureSchema
 
 MODEL_FILE = "gate.ubj"
@@ -203,12 +204,13 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         """Write ``gate.ubj`` + ``gate_schema.json`` into ``out_dir``; returns the folder."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(str(out / MODEL_FILE))
+        with atomic.atomic_path(out / MODEL_FILE) as tmp:  # XGBoost picks UBJSON from the .ubj suffix
+            self.booster_.save_model(str(tmp))
         training = {
             "n_images": self.n_train_,
             "n_abnormal": self.n_abnormal_,
-            "cv_auc": _clean(self.cv_auc_),
-            "fold_auc": [_clean(a) for a in self.fold_auc_],
+            "cv_auc": self.cv_auc_,  # NaN (an undefined AUC) is written as null
+            "fold_auc": list(self.fold_auc_),
             "best_iterations": self.best_iterations_,
             "n_rounds": self.n_rounds_,
             **(summary or {}),
@@ -223,9 +225,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
             "training": training,
             "versions": library_versions(),
         }
-        tmp = out / (SCHEMA_FILE + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False))
-        tmp.replace(out / SCHEMA_FILE)
+        atomic.write_json(out / SCHEMA_FILE, doc)
         return out
 
     @classmethod
@@ -315,7 +315,3 @@ def _check_xy(X, y) -> tuple[pd.DataFrame, np.ndarray]:
 def _dmatrix(X: pd.DataFrame, y: np.ndarray | None = None, n_jobs: int | None = None) -> xgb.DMatrix:
     return xgb.DMatrix(X, label=y, enable_categorical=True, missing=np.nan, nthread=n_jobs)
 
-
-def _clean(x) -> float | None:
-    """JSON has no NaN: an undefined AUC is written as null."""
-    return None if x is None or not np.isfinite(x) else float(x)

@@ -8,8 +8,6 @@ would silence.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
+
+from cxrdet.formats import atomic  # noqa: E402
 
 ZONES = ("normal_only", "hedged", "boxes_only")  # p < low, low <= p < high, p >= high
 
@@ -45,25 +45,9 @@ def zone_confusion(y: np.ndarray, p: np.ndarray, low: float, high: float) -> dic
     }
 
 
-def json_ready(obj):
-    """Recursively turn numpy scalars into Python ones and NaN/inf into null (valid JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    return obj
-
-
 def write_report_json(path: str | Path, report: dict) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(json_ready(report), indent=2, allow_nan=False))
-    return path
+    """``report.json`` (numpy values as Python ones, NaN/inf as null), written atomically."""
+    return atomic.write_json(path, report)
 
 
 def plot_report(
@@ -84,7 +68,8 @@ def plot_report(
     _score_panel(axes[2], np.asarray(y).astype(int), np.asarray(p), low, high)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrdet.classes import NO_FINDING, NORMAL_BOX
-from cxrdet.detections import Detections
+from cxrdet.classes import NO_FINDING
+from cxrdet.detections import Detections, normal_detection
 from cxrdet.metrics import IOU_THR, GroundTruth, detections_to_frame, match_detections, summarize
 
 LOW, HIGH = 0.08, 0.95  # VINBIGDATA.md: the thresholds that worked on the public leaderboard
@@ -32,11 +32,6 @@ def _check(p_abnormal: float, low: float, high: float) -> None:
         raise ValueError(f"gate thresholds need low < high, got low={low}, high={high}")
     if not (math.isfinite(p_abnormal) and 0.0 <= p_abnormal <= 1.0):
         raise ValueError(f"p_abnormal must be a probability in [0, 1], got {p_abnormal}")
-
-
-def normal_detection(score: float) -> Detections:
-    """The competition's class-14 prediction ``14 score 0 0 1 1``."""
-    return Detections(np.array([NORMAL_BOX]), np.array([score]), np.array([NO_FINDING]))
 
 
 def apply_gate(dets: Detections, p_abnormal: float, low: float = LOW, high: float = HIGH) -> Detections:

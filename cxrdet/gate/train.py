@@ -17,6 +17,7 @@ import pandas as pd
 
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
+from cxrdet.formats.atomic import write_frame
 from cxrdet.gate.features import FEATURE_GROUPS, META_REQUIRED, build_features, feature_group
 from cxrdet.gate.inputs import (
     abnormal_targets,
@@ -135,8 +136,8 @@ def main(args: argparse.Namespace) -> int:
     curves = {name: (y, r["oof_proba"]) for name, r in ablation.items()}
     plot_report(out / "feature_importance.png", gate.feature_importances(), curves, y,
                 gate.oof_proba_, gate.low_, gate.high_)
-    pd.DataFrame({"image_id": ids, "abnormal": y, "p_abnormal_oof": gate.oof_proba_,
-                  "fold": gate.folds_}).to_csv(out / "oof_predictions.csv", index=False)
+    write_frame(out / "oof_predictions.csv", pd.DataFrame({"image_id": ids, "abnormal": y,
+                                                           "p_abnormal_oof": gate.oof_proba_, "fold": gate.folds_}))
     print_summary(out, gate, ablation, report)
     return 0
 

@@ -27,8 +27,10 @@ from tqdm import tqdm
 
 from cxrdet.boxes import HW
 from cxrdet.detections import Detections
+from cxrdet.device import torch_device
 from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
-from cxrdet.formats.failures import FailureLog
+from cxrdet.flags import RenamedFlag, add_device_flag
+from cxrdet.formats.failures import FailureLog, errors_path
 from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
 from cxrdet.inference.overlay import write_overlay
 from cxrdet.formats.provenance import model_record, write_provenance
@@ -44,7 +46,14 @@ from cxrdet.inference.sources import (
     uncollate,
 )
 from cxrdet.inference import predictor
-from cxrdet.inference.predictor import GateRuntime, ImageResult, PredictSettings, Predictor, load_detectors
+from cxrdet.inference.predictor import (
+    GateRuntime,
+    ImageResult,
+    PredictSettings,
+    Predictor,
+    keep_confident,
+    load_detectors,
+)
 from cxrdet.inference.tta import TTA_CHOICES, FusionConfig
 
 INTERRUPT_NOTE = ("the submission is written only at the end, so none was (overlays drawn so far are "
@@ -70,13 +79,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--wbf-iou", type=float, default=FusionConfig.iou_thr, help="IoU of the WBF that fuses TTA views / models")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (reading/preprocessing)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda when available")
+    add_device_flag(p, "the detectors and the gate run")
     p.add_argument("--folds", help="FOLDS.csv (image_id,fold) from `cxrdet split`; with --fold, predict only that "
                    "fold's images (out-of-fold detections for `cxrdet train-gate --detections`)")
     p.add_argument("--fold", type=int, help="the fold of --folds to predict (the detector's validation fold)")
     p.add_argument("--shard", metavar="i/n", help="process shard i of n (0 <= i < n); combine with `cxrdet merge-submissions`")
     p.add_argument("--vis-dir", help="write an overlay PNG per image here")
-    p.add_argument("--vis-min-score", type=float, default=0.3, help="boxes below this score are not drawn")
+    p.add_argument("--vis-conf", type=float, default=0.3, help="overlays draw boxes scoring at least this "
+                   "(drawing only; --conf filters the submission)")
+    p.add_argument("--conf", type=float, default=None, help="minimum score of a finding (classes 0-13) kept in "
+                   "the submission (default: keep all; low-score boxes cost no mAP). The gate's class-14 rows "
+                   "are its decision and are always kept")
+    p.add_argument("--vis-min-score", action=RenamedFlag, hint=lambda v: f"renamed to --vis-conf {v}")
     p.add_argument("--image-level-out", help="CSV image_id,p_abnormal,p_0..p_13")
     p.add_argument("--errors-out", help="errors CSV (default: <out stem>.errors.csv beside --out)")
     p.add_argument("--on-error", choices=("fail", "normal"), default="fail",
@@ -112,14 +126,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if not 0 < args.wbf_iou < 1:
         raise UserError(f"--wbf-iou must be in (0, 1), got {args.wbf_iou}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
+    if args.conf is not None and not 0 <= args.conf <= 1:
+        raise UserError(f"--conf is a minimum score in [0, 1], got {args.conf}")
 
 
 def load_gate(args: argparse.Namespace) -> GateRuntime | None:
@@ -143,17 +151,13 @@ def build_source(args: argparse.Namespace, settings, with_features: bool) -> Ima
 
 def fold_ids(folds_csv: str, fold: int, available: list[str]) -> list[str]:
     """The ids of ``fold`` in FOLDS.csv; every one of them must be among the inputs."""
-    try:
-        folds = pd.read_csv(folds_csv, dtype={"image_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"cannot read --folds {folds_csv}: {e}") from e
-    if not {"image_id", "fold"} <= set(folds.columns):
-        raise UserError(f"--folds {folds_csv}: expected columns image_id,fold (from `cxrdet split`), "
-                        f"found {','.join(map(str, folds.columns))}")
-    ids = sorted(set(folds.loc[folds["fold"] == fold, "image_id"].astype(str)))
+    from cxrdet.formats.folds import fold_members, read_folds
+
+    folds = read_folds(folds_csv)
+    ids = sorted(fold_members(folds, fold))
     if not ids:
         raise UserError(f"--folds {folds_csv} has no image in fold {fold} "
-                        f"(folds present: {sorted(folds['fold'].unique().tolist())})")
+                        f"(folds present: {sorted(set(folds.values()))})")
     absent = sorted(set(ids) - set(available))
     if absent:
         raise UserError(f"{len(absent)} image(s) of fold {fold} in {folds_csv} are not among the inputs, "
@@ -185,10 +189,10 @@ def record_image(result: ImageResult, args, out: Outputs) -> None:
     s = result.sample
     if args.vis_dir:
         try:
-            write_overlay(args.vis_dir, s.image_id, s.image, result.final, s.orig_hw, args.vis_min_score)
+            write_overlay(args.vis_dir, s.image_id, s.image, result.final, s.orig_hw, args.vis_conf)
         except Exception as e:
             raise InputFailure(f"writing its overlay failed: {failure_reason(e)}") from e
-    out.predictions[s.image_id] = result.final
+    out.predictions[s.image_id] = keep_confident(result.final, args.conf)
     out.orig_sizes[s.image_id] = s.orig_hw
     out.image_level.append(result.image_level)
 
@@ -216,7 +220,7 @@ def run_inference(source: ImageSource, model: Predictor, args) -> Outputs:
 
 def write_outputs(args, out: Outputs, models: list[dict]) -> None:
     """Submission (atomic, sorted ids), its provenance record and the image-level CSV."""
-    from cxrdet.gate.rules import normal_detection
+    from cxrdet.detections import normal_detection
     from cxrdet.formats.submission import write_submission
 
     run = {"models": models, "folds": str(Path(args.folds).resolve()) if args.folds else None,
@@ -273,7 +277,7 @@ def log(message: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     check_args(args)
-    device = resolve_device(args.device)
+    device = torch_device(args.device, torch.cuda.device_count())
     models, settings, records = load_detectors(args.model, device)
     gate = load_gate(args)
     model = Predictor(models, gate, PredictSettings(tta=args.tta, wbf_iou=args.wbf_iou))
@@ -299,5 +303,5 @@ def main(args: argparse.Namespace) -> int:
     failures = FailureLog()
     failures.extend(getattr(source, "listing_failures", FailureLog()))  # e.g. duplicate ids
     failures.extend(out.failures)
-    errors_csv = Path(args.errors_out) if args.errors_out else Path(args.out).with_suffix(".errors.csv")
+    errors_csv = Path(args.errors_out) if args.errors_out else errors_path(args.out)
     return failures.report(errors_csv)

@@ -33,14 +33,14 @@ import sys
 from pathlib import Path
 
 from cxrdet.errors import UserError
-from cxrdet.formats.failures import FailureLog
+from cxrdet.formats import atomic
+from cxrdet.formats.failures import FailureLog, read_failures
 from cxrdet.formats.provenance import collect_provenance, write_merged_provenance
 
 INTERRUPT_NOTE = ("outputs are written last, each whole (atomically), so any not yet written are missing, "
                   "never half-written; rerun the command")
 
-HEADER = ["image_id", "PredictionString"]
-ERRORS_HEADER = ["item", "reason"]  # FailureLog.write_csv
+from cxrdet.formats.submission import HEADER
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -113,15 +113,7 @@ def write_rows_atomic(path: str | os.PathLike, header: list[str], rows: list[lis
     Line ends follow the writer of the inputs (csv module: CRLF for submissions; pandas: LF for
     image-level CSVs), so a merged file is byte-identical to an unsharded run's.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f, lineterminator=lineterminator)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    return atomic.write_csv(path, header, rows, lineterminator=lineterminator)
 
 
 def _check_prediction(path: str, line: int, row: list[str]) -> None:
@@ -137,10 +129,10 @@ def merge_errors(files: list[str]) -> FailureLog:
     """The rows of the shards' errors CSVs, each distinct row once, in input order."""
     log, seen = FailureLog(), set()
     for path in files:
-        for item, reason in read_rows(path, ERRORS_HEADER)[1]:
-            if (item, reason) not in seen:
-                seen.add((item, reason))
-                log.rows.append((item, reason))
+        for row in read_failures(path).rows:
+            if row not in seen:
+                seen.add(row)
+                log.rows.append(row)
     return log
 
 

@@ -21,6 +21,7 @@ from cxrdet.boxes import HW, clip_boxes, scale_boxes
 from cxrdet.classes import CLASS_NAMES, NO_FINDING
 from cxrdet.detections import Detections
 from cxrdet.errors import safe_child
+from cxrdet.formats.atomic import write_bytes
 from cxrdet.inference.label_layout import LabelSpot, place_labels
 
 # One colour per finding (BGR): tab20-like, chosen to stay distinct on a grey X-ray.
@@ -171,10 +172,7 @@ def write_overlay(
 ) -> Path:
     """Draw and write ``<vis_dir>/<image_id>.png``; ids that would leave ``vis_dir`` are refused."""
     path = safe_child(vis_dir, image_id, ".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), draw_overlay(image, det, orig_hw, min_score)):
-        raise OSError(f"could not write overlay {path}")
-    return path
+    return write_bytes(path, overlay_png(image, det, orig_hw, min_score))
 
 
 def overlay_png(image: np.ndarray, det: Detections, orig_hw: HW, min_score: float = 0.3) -> bytes:

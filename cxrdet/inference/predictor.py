@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cxrdet.classes import NO_FINDING
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError, failure_reason
 from cxrdet.formats.image_level import image_level_row
@@ -159,6 +160,16 @@ class Predictor:
         p_value = None if p is None else float(p)
         zone = gate.zone(p_value) if gate else None
         return ImageResult(s, det, final, p_value, zone, image_level_row(s.image_id, det, p))
+
+
+def keep_confident(dets: Detections, conf: float | None) -> Detections:
+    """The submission's share of ``dets``: findings scoring at least ``conf`` and every class-14 row.
+
+    Class-14 rows are the gate's call (``14 1`` or ``14 (1-p)``), not a detector score to threshold.
+    """
+    if conf is None:
+        return dets
+    return dets.select((dets.scores >= conf) | (dets.class_ids == NO_FINDING))
 
 
 def load_detectors(dirs: Sequence[str | os.PathLike], device) -> tuple[list, object, list[dict]]:

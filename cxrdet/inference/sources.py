@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from cxrdet.boxes import HW, resized_hw
 from cxrdet.errors import InputFailure, UserError, failure_reason
 from cxrdet.formats.failures import FailureLog
+from cxrdet.preprocess.listing import list_dicoms, parse_shard, select_shard  # noqa: F401 (infer's API)
 
 class Sample(NamedTuple):
     """One input image, ready for the detector (``image`` is None when ``error`` is set)."""
@@ -59,27 +60,6 @@ def collate_samples(batch: list[Sample]) -> list[Sample]:
 def uncollate(batch: list[Sample]) -> list[Sample]:
     """The batch of :func:`collate_samples` with numpy images again."""
     return [s if s.image is None else s._replace(image=s.image.numpy()) for s in batch]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0 <= i < n) -> ``(i, n)``; anything else is a UserError."""
-    try:
-        i_text, n_text = text.split("/")
-        i, n = int(i_text), int(n_text)
-    except ValueError:
-        raise UserError(f"--shard expects i/n with integers, e.g. 0/4, got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"--shard {text}: need n >= 1 and 0 <= i < n (shards are numbered from 0)")
-    return i, n
-
-
-def select_shard(ids: Sequence[str], index: int, count: int) -> list[str]:
-    """Shard ``index`` of ``count``: every count-th id of the SORTED ids, starting at index.
-
-    Depends only on the set of ids, so every machine computes the same disjoint split, and the
-    shards are balanced to within one image.
-    """
-    return sorted(ids)[index::count]
 
 
 class ImageSource(Dataset, ABC):
@@ -125,7 +105,6 @@ class DicomFolderSource(ImageSource):
 
     def __init__(self, folder: str | os.PathLike, settings, with_features: bool = True) -> None:
         from cxrdet.dicomio.meta import image_id_from_path
-        from cxrdet.preprocess.prepare import list_dicoms
 
         self.listing_failures = FailureLog()
         paths = list_dicoms(Path(folder), (0, 1), self.listing_failures)

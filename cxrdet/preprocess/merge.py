@@ -20,7 +20,7 @@ import numpy as np
 from cxrdet.errors import UserError
 from cxrdet.preprocess.cache import CacheReader, CacheWriter, partial_path
 from cxrdet.preprocess.outputs import check_output_files
-from cxrdet.preprocess.tables import write_tables
+from cxrdet.preprocess.tables import features_path, write_tables
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -80,7 +80,7 @@ def _check_same(image_id: str, a: CacheReader, b: CacheReader) -> None:
 def main(args: argparse.Namespace) -> int:
     features_out = args.features_out
     if args.meta_out is not None and features_out is None:
-        features_out = args.meta_out.with_name(f"{args.meta_out.stem}_pixel_features.csv")
+        features_out = features_path(args.meta_out)
     check_output_files({"--out": args.out, "--meta-out": args.meta_out,
                         "--features-out": features_out})  # before any copying
     n = merge_caches(list(args.shards), args.out)

@@ -20,14 +20,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cxrdet.dicomio.intensity import VOI_CHOICES
-from cxrdet.dicomio.meta import DICOM_SUFFIXES, image_id_from_path
+from cxrdet.dicomio.meta import image_id_from_path
 from cxrdet.errors import UserError
-from cxrdet.formats.failures import FailureLog
+from cxrdet.formats.failures import FailureLog, errors_path
+from cxrdet.preprocess.listing import list_dicoms, parse_shard
 from cxrdet.preprocess.cache import (CacheReader, CacheSettings, CacheWriter, check_settings,
                                      partial_path)
 from cxrdet.preprocess.outputs import check_output_files
 from cxrdet.preprocess.pipeline import init_worker, prepare_job
-from cxrdet.preprocess.tables import write_tables
+from cxrdet.preprocess.tables import features_path, write_tables
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="process only shard I of N (0-based) of the sorted image ids, e.g. 0/4; "
                    "combine shard caches with `cxrdet merge-cache`")
     p.add_argument("--errors-out", type=Path, default=None,
-                   help="errors CSV (default: <cache stem>_errors.csv beside the cache)")
+                   help="errors CSV (default: <cache stem>.errors.csv beside the cache)")
     p.add_argument("--features-out", type=Path, default=None,
                    help="pixel-feature CSV (default: <meta stem>_pixel_features.csv beside META)")
     p.add_argument("--exact-j2k", action="store_true",
@@ -60,38 +61,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "min-max windowed files are always decoded in full. A cache keeps its mode: "
                    "resuming or merging with the other one is refused")
     return p
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; None -> ``(0, 1)``."""
-    if text is None:
-        return 0, 1
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard expects I/N such as 0/4, got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"--shard {text}: need 0 <= I < N (shards are 0-based), e.g. 0/{max(n, 1)}")
-    return i, n
-
-
-def list_dicoms(folder: Path, shard: tuple[int, int], failures: FailureLog) -> list[Path]:
-    """Sorted DICOM files of ``folder`` in shard ``i`` of ``n`` (every n-th id)."""
-    if not folder.is_dir():
-        raise UserError(f"--dicom-dir {folder} is not a folder; point it at the DICOM files")
-    by_id: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in DICOM_SUFFIXES:
-            image_id = image_id_from_path(path)
-            if image_id in by_id:
-                failures.add(path.name, f"duplicate image id {image_id!r} (also {by_id[image_id].name})")
-                continue
-            by_id[image_id] = path
-    if not by_id:
-        raise UserError(f"no .dicom or .dcm files in {folder}; expected VinBigData-style "
-                        "<image_id>.dicom files")
-    i, n = shard
-    return [by_id[k] for k in sorted(by_id)[i::n]]
 
 
 def _results(paths: list[Path], settings: CacheSettings, workers: int) -> Iterator[tuple]:
@@ -176,9 +145,8 @@ def _finished_ids(out: Path, settings: CacheSettings) -> set[str] | None:
 def main(args: argparse.Namespace) -> int:
     settings = CacheSettings(size=args.size, voi=args.voi, j2k_reduce=not args.exact_j2k)
     shard = parse_shard(args.shard)
-    errors_out = args.errors_out or args.out.with_name(f"{args.out.stem}_errors.csv")
-    features_out = args.features_out or args.meta_out.with_name(
-        f"{args.meta_out.stem}_pixel_features.csv")
+    errors_out = args.errors_out or errors_path(args.out)
+    features_out = args.features_out or features_path(args.meta_out)
     check_output_files({"--out": args.out, "--meta-out": args.meta_out,
                         "--errors-out": errors_out, "--features-out": features_out})
     failures = FailureLog()

@@ -6,14 +6,17 @@ shard caches the CSVs always describe exactly the images in the cache, sorted by
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from cxrdet.dicomio.meta import META_COLUMNS
+from cxrdet.formats.atomic import write_frame
 from cxrdet.preprocess.cache import CacheReader
 
 META_EXTRA = ["voi_applied"]  # how the image was windowed; after the fixed META.csv columns
+FEATURES_SUFFIX = "_pixel_features.csv"  # beside META.csv, so train-gate finds it without a flag
 
 
 def meta_frame(cache: CacheReader) -> pd.DataFrame:
@@ -33,9 +36,14 @@ def feature_frame(cache: CacheReader) -> pd.DataFrame:
     return frame
 
 
+def features_path(meta: str | os.PathLike) -> Path:
+    """The pixel-feature CSV that goes with META.csv ``meta``: ``<meta stem>_pixel_features.csv``."""
+    meta = Path(meta)
+    return meta.with_name(f"{meta.stem}{FEATURES_SUFFIX}")
+
+
 def write_tables(cache: CacheReader, meta_out: Path, features_out: Path | None) -> None:
-    meta_out.parent.mkdir(parents=True, exist_ok=True)
-    meta_frame(cache).to_csv(meta_out, index=False)
+    """Write META.csv and (unless ``features_out`` is None) the pixel-feature CSV, each atomically."""
+    write_frame(meta_out, meta_frame(cache))
     if features_out is not None:
-        features_out.parent.mkdir(parents=True, exist_ok=True)
-        feature_frame(cache).to_csv(features_out, index=False)
+        write_frame(features_out, feature_frame(cache))

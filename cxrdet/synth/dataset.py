@@ -11,6 +11,7 @@ Layout written under ``out_dir``::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from cxrdet.classes import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.errors import UserError
+from cxrdet.formats.atomic import atomic_path, write_text
 from cxrdet.synth.acquisition import dicom_tags, encode
 from cxrdet.synth.annotate import LABEL_COLUMNS, ReaderConfig, consensus_rows, reader_rows
 from cxrdet.synth.lesions import render_lesion
@@ -112,10 +114,9 @@ def write_image(spec: ImageSpec, out_dir: Path) -> tuple[np.ndarray, np.ndarray]
 
     rendered = render_image(spec)
     path = out_dir / spec.split / f"{spec.image_id}.dicom"
-    tmp = path.with_name(path.name + ".partial")
-    write_dicom(tmp, encode(rendered.image, spec.acquisition), patient_age=spec.patient_age,
-                patient_sex=spec.sex, **dicom_tags(spec.acquisition))
-    os.replace(tmp, path)  # a killed run never leaves a half-written file under the final name
+    with atomic_path(path) as tmp:  # a killed run never leaves a half-written file under the final name
+        write_dicom(tmp, encode(rendered.image, spec.acquisition), patient_age=spec.patient_age,
+                    patient_sex=spec.sex, **dicom_tags(spec.acquisition))
     return rendered.boxes, rendered.class_ids
 
 
@@ -153,13 +154,11 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LABEL_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=LABEL_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return write_text(path, buf.getvalue())
 
 
 def _config_json(cfg: SynthConfig) -> str:
@@ -180,7 +179,7 @@ def generate_dataset(out_dir: str | os.PathLike, config: SynthConfig | None = No
             (out_dir / split).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the output folder {out_dir}: {e.strerror}") from None
-    (out_dir / CONFIG_NAME).write_text(_config_json(cfg))  # first: marks the folder as ours
+    write_text(out_dir / CONFIG_NAME, _config_json(cfg))  # first: marks the folder as ours
     specs = {s: plan_split(cfg.seed, s, n, cfg.normal_fraction, cfg.scale)
              for s, n in zip(SPLITS, (cfg.n_train, cfg.n_test))}
     truths = _write_all(specs["train"] + specs["test"], out_dir, cfg)
