@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-gate": ("cxrdet.gate.train", "train the XGBoost normal/abnormal gate"),
     "infer": ("cxrdet.inference.infer", "batch inference -> submission CSV (+ overlays)"),
     "merge-submissions": ("cxrdet.inference.merge", "combine shard submissions into one CSV"),
+    "serve": ("cxrdet.serve.command", "web page + HTTP API for one image at a time (same code as infer)"),
     "evaluate": ("cxrdet.evaluate", "score a submission with the competition's mAP@0.4"),
     "demo": ("cxrdet.demo", "the whole pipeline end to end on synthetic data"),
 }
