@@ -110,6 +110,9 @@ def test_build_config_reads_flags_the_token_variable_and_a_demo_folder(tmp_path,
     (tmp_path / "demo" / "detector" / "export").mkdir(parents=True)
     (tmp_path / "demo" / "detector" / "export" / "model.pt").write_bytes(b"")
     (tmp_path / "demo" / "gate").mkdir()
+    (tmp_path / "demo" / "commands.txt").write_text(  # as the demo logs the commands it ran
+        "cxrdet infer --model m --cache c --out oof.csv\n"
+        "cxrdet infer --model m --dicom-dir t --gate g --tta hflip --vis-dir o --vis-conf 0.15 --out s.csv\n")
     cfg = build_config(_args("--demo-dir", tmp_path / "demo"))
     assert cfg.models == (str(tmp_path / "demo" / "detector" / "export"),) and cfg.gate == str(tmp_path / "demo" / "gate")
     assert cfg.tta == "hflip" and cfg.min_score == 0.15  # the demo's own infer settings

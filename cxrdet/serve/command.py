@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="exported detector (RUN/export: model.pt + config.json); repeat to ensemble (WBF)")
     p.add_argument("--gate", help="gate folder (gate.ubj + gate_schema.json from `cxrdet train-gate`)")
     p.add_argument("--demo-dir", help="serve the artifacts of a `cxrdet demo` run (its detector/export and gate/, "
-                   "with the demo's TTA); e.g. data/demo")
+                   "with the TTA and overlay score its infer used, from DIR/commands.txt); e.g. data/demo")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     add_device_flag(p, "the detectors and the gate run")
@@ -55,18 +56,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def demo_artifacts(demo_dir: str) -> tuple[list[str], str, str, float]:
-    """(models, gate, tta, vis conf) of a `cxrdet demo` run folder."""
-    from cxrdet.demo import DemoPlan
+def demo_artifacts(demo_dir: str) -> tuple[list[str], str, str | None, float | None]:
+    """(models, gate, tta, vis conf) of a `cxrdet demo` run folder.
 
+    TTA and overlay score are those of the demo's own test-set `cxrdet infer` line in
+    DIR/commands.txt (None when it cannot be read), so the page shows what the demo's overlays do.
+    """
     root = Path(demo_dir)
     model, gate = root / "detector" / "export", root / "gate"
     missing = [str(p) for p in (model / "model.pt", gate) if not p.exists()]
     if missing:
         raise UserError(f"--demo-dir {root}: expected the artifacts of `cxrdet demo --out {root}`, missing "
                         f"{', '.join(missing)}; run `cxrdet demo` first (or pass --model/--gate)")
-    plan = DemoPlan()
-    return [str(model)], str(gate), plan.tta, float(plan.vis_min_score)
+    tta, vis = None, None
+    commands = root / "commands.txt"
+    lines = commands.read_text().splitlines() if commands.is_file() else []
+    for line in lines:
+        argv = shlex.split(line)
+        if argv[:2] == ["cxrdet", "infer"] and "--gate" in argv:  # the test-set run, with the gate
+            tta = _flag_value(argv, ("--tta",)) or tta
+            vis_text = _flag_value(argv, ("--vis-conf", "--vis-min-score"))
+            vis = float(vis_text) if vis_text is not None else vis
+    return [str(model)], str(gate), tta, vis
+
+
+def _flag_value(argv: list[str], names: tuple[str, ...]) -> str | None:
+    for k, a in enumerate(argv[:-1]):
+        if a in names:
+            return argv[k + 1]
+    return None
 
 
 def build_config(args: argparse.Namespace) -> ServeConfig:

@@ -113,7 +113,7 @@ async def receive_upload(content_type: str, content_length: str | None, chunks: 
 
 def too_large(size: int, max_bytes: int) -> str:
     return (f"upload of at least {size / 2**20:.1f} MiB exceeds the server's limit of "
-            f"{max_bytes / 2**20:.1f} MiB (cxrdet serve --max-upload-mb)")
+            f"{max_bytes / 2**20:.1f} MiB")
 
 
 def sniff(path: Path) -> str:
