@@ -33,6 +33,7 @@ import pandas as pd
 
 from cxrdet.cli import COMMANDS
 from cxrdet.errors import EXIT_OK, UserError
+from cxrdet.flags import DEFAULT_SEED, add_device_flag
 from cxrdet.formats.atomic import write_frame, write_json, write_text
 
 INTERRUPT_NOTE = "the steps finished so far are kept under --out, but the demo does not resume: rerun it with --overwrite"
@@ -48,14 +49,14 @@ class DemoPlan:
     n_test: int = 60  # held-out images for the reported mAP
     scale: float = 0.25  # synthetic originals ~600-850 px: realistic non-square sizes, cheap to decode
     size: int = 256  # cache long side; the detector trains and infers at this size (lesions stay >= 3 px)
-    folds: int = 4  # fold 0 validates the detector and trains the gate (out-of-fold evidence)
+    n_folds: int = 4  # fold 0 validates the detector and trains the gate (out-of-fold evidence)
     steps: int = 400  # ~1.1 s each on 2 cores; 200 steps reached only half the mAP (0.19 vs 0.36)
     batch_size: int = 4  # images per step
     lr: float = 0.01  # SGD with warmup + cosine (detector defaults otherwise)
     warmup_steps: int = 30  # short: the light model from scratch is stable at this lr
     val_share: float = 0.5  # validation (best-checkpoint choice) on half the fold: epochs are short here
     tta: str = "hflip"  # flip TTA merged with WBF, as the 2nd-place solution did
-    vis_min_score: float = 0.15  # a short CPU schedule scores true boxes ~0.2-0.5: draw them
+    vis_conf: float = 0.15  # a short CPU schedule scores true boxes ~0.2-0.5: draw them
 
 
 QUICK = DemoPlan(n_train=80, n_test=30, steps=60, warmup_steps=10)
@@ -67,11 +68,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "gate -> infer -> evaluate) and compare with the all-normal baseline; everything goes under --out.",
     )
     p.add_argument("--out", default="data/demo", help="folder for everything the demo writes (default data/demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data, split and training")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of the synthetic data, split, detector and gate (default {DEFAULT_SEED})")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (a smoke test, lower mAP)")
     p.add_argument("--steps", type=int, help="override the number of detector training steps")
     p.add_argument("--workers", type=int, default=2, help="processes for preprocessing and data loading")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train and infer")
+    add_device_flag(p, "the detector trains and infers (train gets it as its --device shorthand)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     return p
 
@@ -83,12 +85,13 @@ class Runner:
         self.out = out
         self.timings: dict[str, float] = {}
         self.log = out / "commands.txt"
+        self.lines: list[str] = []
 
     def __call__(self, step: str, command: str, argv: list[str], ok: tuple[int, ...] = (EXIT_OK,)) -> None:
         line = "cxrdet " + " ".join(shlex.quote(a) for a in [command, *argv])
         print(f"\n=== demo: {step}\n$ {line}", flush=True)
-        with open(self.log, "a") as f:
-            f.write(line + "\n")
+        self.lines.append(line + "\n")
+        write_text(self.log, "".join(self.lines))  # rewritten whole each step: never a torn line
         module = importlib.import_module(COMMANDS[command][0])
         parser = module.get_args_parser()
         parser.prog = f"cxrdet {command}"
@@ -140,14 +143,13 @@ def run_pipeline(args: argparse.Namespace, plan: DemoPlan, run: Runner) -> dict:
             str(d / "cache" / f"{split}.h5"), "--meta-out", str(d / "cache" / f"{split}_meta.csv"),
             "--size", str(plan.size), "--workers", workers])
     labels, folds = d / "synth" / "train.csv", d / "folds.csv"
-    run("split", "split", ["--labels", str(labels), "--folds", str(plan.folds), "--seed", seed, "--out", str(folds)])
-    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[args.device]
+    run("split", "split", ["--labels", str(labels), "--n-folds", str(plan.n_folds), "--seed", seed, "--out", str(folds)])
     run("train detector", "train", [
         "--out", str(d / "detector"), "--cache", str(d / "cache" / "train.h5"), "--labels", str(labels),
-        "--folds", str(folds), "--fold", "0", "--model", "fasterrcnn_resnet18_fpn",
+        "--folds", str(folds), "--fold", "0", "--arch", "fasterrcnn_resnet18_fpn",
         "--min-size", str(plan.size), "--max-size", str(plan.size), "--max-steps", str(args.steps or plan.steps),
         "--batch-size", str(plan.batch_size), "--lr", str(plan.lr), "--warmup-steps", str(plan.warmup_steps),
-        "--limit-val-batches", str(plan.val_share), "--log-every-n-steps", "10", "--workers", workers, "--accelerator", accelerator, "--devices", "1", "--seed", seed])
+        "--limit-val-batches", str(plan.val_share), "--log-every-n-steps", "10", "--workers", workers, "--device", args.device, "--seed", seed])
     model = str(d / "detector" / "export")
     common = ["--model", model, "--workers", workers, "--device", args.device]
     run("out-of-fold detections (fold 0)", "infer", [*common, "--cache", str(d / "cache" / "train.h5"),
@@ -158,7 +160,7 @@ def run_pipeline(args: argparse.Namespace, plan: DemoPlan, run: Runner) -> dict:
         "--detections", str(d / "oof_fold0.csv"), "--detector-run", str(d / "detector"), "--seed", seed])
     run("infer on the held-out test set", "infer", [
         *common, "--dicom-dir", str(d / "synth" / "test"), "--gate", str(d / "gate"), "--tta", plan.tta,
-        "--vis-dir", str(d / "overlays"), "--vis-min-score", str(plan.vis_min_score), "--image-level-out", str(d / "image_level.csv"),
+        "--vis-dir", str(d / "overlays"), "--vis-conf", str(plan.vis_conf), "--image-level-out", str(d / "image_level.csv"),
         "--out", str(d / "submission.csv")])
     gt = str(d / "synth" / "test.csv")
     run("evaluate", "evaluate", ["--gt", gt, "--pred", str(d / "submission.csv"), "--json",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from cxrdet.boxes import as_boxes
 from cxrdet.classes import NO_FINDING, NORMAL_BOX
+from cxrdet.errors import UserError
 
-DET_COLUMNS = ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"]
+BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
+DET_COLUMNS = ["image_id", "class_id", "score", *BOX_COLUMNS]
 
 
 @dataclass
@@ -59,3 +63,33 @@ class Detections:
 def normal_detection(score: float) -> Detections:
     """The class-14 ("No finding") call ``14 score 0 0 1 1``: the one place that builds it."""
     return Detections(np.array([NORMAL_BOX]), np.array([score]), np.array([NO_FINDING]))
+
+
+def det_frame(image_ids, class_ids, scores, boxes) -> pd.DataFrame:
+    """The detection frame (:data:`DET_COLUMNS`, one row per box) from per-box arrays."""
+    frame = pd.DataFrame({"image_id": np.asarray(image_ids, dtype=object),
+                          "class_id": np.asarray(class_ids, dtype=np.int64),
+                          "score": np.asarray(scores, dtype=np.float64)})
+    frame[BOX_COLUMNS] = as_boxes(boxes)
+    return frame[DET_COLUMNS]
+
+
+def detections_to_frame(predictions: Mapping[str, Detections]) -> pd.DataFrame:
+    """``{image_id: Detections}`` -> a frame with :data:`DET_COLUMNS` (images in dict order)."""
+    ids = list(predictions)
+    counts = np.array([len(predictions[k]) for k in ids], dtype=np.int64)
+    dets = Detections.concat([predictions[k] for k in ids])
+    return det_frame(np.repeat(np.array(ids, dtype=object), counts), dets.class_ids, dets.scores, dets.boxes)
+
+
+def detections_from_frame(det_df: pd.DataFrame, image_ids: Sequence[str] | None = None) -> dict[str, Detections]:
+    """Group a :data:`DET_COLUMNS` frame by image; ``image_ids`` without rows get no boxes."""
+    missing = [c for c in DET_COLUMNS if c not in det_df.columns]
+    if missing:
+        raise UserError(f"detections table lacks column(s) {missing}; expected {DET_COLUMNS}")
+    out = {i: Detections.empty() for i in (image_ids or [])}
+    for image_id, g in det_df.groupby("image_id", sort=False):
+        out[str(image_id)] = Detections(
+            g[BOX_COLUMNS].to_numpy(np.float64), g["score"].to_numpy(), g["class_id"].to_numpy()
+        )
+    return out

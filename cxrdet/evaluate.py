@@ -23,8 +23,8 @@ from cxrdet.formats.atomic import json_ready, write_json
 from cxrdet.formats.labels import image_level_labels, image_sizes_from_meta, read_labels
 from cxrdet.metrics import IOU_THR, MATCH_MODES, MetricResult, MetricWarning, evaluate_detections
 from cxrdet.formats.submission import read_submission
+from cxrdet.fusion import FUSION_METHODS  # ensemble_boxes (numba) is imported only when fusing
 
-FUSION_CHOICES = ("wbf", "nms", "consensus", "none")  # cxrdet.fusion.FUSION_METHODS, not imported (numba)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-dir", help="write PR curves (grid + one per class) and an AP bar chart here")
     p.add_argument("--image-level", help="CSV image_id,p_abnormal,p_0..p_13 (cxrdet infer "
                    "--image-level-out): adds image-level ROC AUC per class and abnormal-vs-normal")
-    p.add_argument("--fuse-gt", choices=FUSION_CHOICES,
+    p.add_argument("--fuse-gt", choices=FUSION_METHODS,
                    help="fuse the readers' ground-truth boxes first; without it ground truth is used as given")
     p.add_argument("--fuse-iou", type=float, default=0.5, help="IoU of --fuse-gt clustering")
     p.add_argument("--min-readers", type=int, default=2, help="readers a box needs under --fuse-gt consensus")

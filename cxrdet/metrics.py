@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX, NUM_CLASSES
-from cxrdet.detections import DET_COLUMNS, Detections
+from cxrdet.detections import DET_COLUMNS, Detections, detections_to_frame  # noqa: F401 (scored frames)
 from cxrdet.formats.atomic import json_ready
 
 IOU_THR = 0.4  # the competition's threshold; a match needs IoU strictly above it
@@ -88,20 +88,6 @@ class MetricResult:
             "class_names": {str(c): CLASS_NAMES[c] for c in range(NUM_CLASSES)},
             "warnings": list(self.warnings),
         })
-
-
-def detections_to_frame(predictions: Mapping[str, Detections]) -> pd.DataFrame:
-    """``{image_id: Detections}`` -> a frame with :data:`DET_COLUMNS` (images in dict order)."""
-    ids = list(predictions)
-    counts = np.array([len(predictions[k]) for k in ids], dtype=np.int64)
-    dets = Detections.concat([predictions[k] for k in ids])
-    frame = pd.DataFrame({
-        "image_id": np.repeat(np.array(ids, dtype=object), counts),
-        "class_id": dets.class_ids,
-        "score": dets.scores,
-    })
-    frame[["x_min", "y_min", "x_max", "y_max"]] = dets.boxes
-    return frame[DET_COLUMNS]
 
 
 def average_precision(tp_sorted: np.ndarray, n_gt: int) -> tuple[float, np.ndarray, np.ndarray]:

@@ -138,10 +138,10 @@ def test_reader_reopens_in_forked_and_pickled_processes(tmp_path):
 
 
 def test_settings_validation():
-    with pytest.raises(UserError, match="--voi"):
+    with pytest.raises(UserError, match=r"^cache windowing \(voi\) must be one of .*, got 'gamma'$"):
         CacheSettings(voi="gamma")
     for size in (4, 15, 8193, 100_000):
-        with pytest.raises(UserError, match=f"--size must be between 16 and 8192 pixels.*got {size}"):
+        with pytest.raises(UserError, match=f"^cache size must be between 16 and 8192 pixels.*got {size}$"):
             CacheSettings(size=size)
     assert CacheSettings(size=16).size == 16 and CacheSettings(size=8192).size == 8192
 

@@ -66,3 +66,35 @@ def test_quick_plan_is_smaller_and_bad_usage_exits_2(tmp_path, capsys):
     (tmp_path / "x.txt").write_text("not a demo folder")
     assert cli(["demo", "--out", str(tmp_path)]) == 2
     assert "not made by `cxrdet demo`" in capsys.readouterr().err
+
+
+def test_demo_steps_speak_the_current_flags(tmp_path, monkeypatch):
+    """Every step's argv parses with its command's own parser; the detector keeps the same run settings."""
+    import argparse
+    import importlib
+    import json
+
+    import cxrdet.demo as demo
+    from cxrdet.cli import COMMANDS
+    from cxrdet.detector.train import resolve_config
+
+    parsed: dict[str, argparse.Namespace] = {}
+
+    def record(step, command, argv, ok=(0,)):
+        parsed[step] = importlib.import_module(COMMANDS[command][0]).get_args_parser().parse_args(argv)  # exit 2 on a bad flag
+
+    for sub in ("eval", "baseline"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "metrics.json").write_text(json.dumps({"map": 0.5, "map_no14": 0.4, "n_images": 3}))
+    monkeypatch.setattr(demo, "fold_labels", lambda *a: a[-1])
+    monkeypatch.setattr(demo, "write_all_normal", lambda *a: a[-1])
+    record.out = tmp_path
+    args = demo.get_args_parser().parse_args(["--out", str(tmp_path), "--device", "cpu"])
+    assert demo.run_pipeline(args, DemoPlan(), record)["map"] == 0.5
+    split, train = parsed["split"], parsed["train detector"]
+    assert (split.n_folds, split.seed) == (4, 0)
+    cfg, _ = resolve_config(train)
+    assert (cfg.model, cfg.accelerator, cfg.devices, cfg.seed) == ("fasterrcnn_resnet18_fpn", "cpu", "1", 0)
+    test_run = parsed["infer on the held-out test set"]
+    assert (test_run.device, test_run.vis_conf, test_run.conf) == ("cpu", 0.15, None)  # submission keeps every box
+    assert parsed["train gate + tune thresholds"].seed == 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cxrdet.fusion import fuse_readers
-from cxrdet.formats.labels import LABEL_COLUMNS, labels_frame
+from cxrdet.formats.labels import LABEL_COLUMNS
+from label_fixtures import labels_frame
 
 
 def box(image_id, class_id, rad, b):

@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, detections_from_frame
 from cxrdet.errors import UserError
 from cxrdet.gate.features import (
     FeatureSchema,
     build_features,
-    detections_from_frame,
     detector_feature_names,
     detector_features,
     feature_group,
@@ -235,3 +234,16 @@ def test_schema_json_round_trip_and_encoding_fixes_categories():
     assert again == schema
     enc = again.encode(X.iloc[:3])
     assert list(enc["meta_sex"].cat.categories) == schema.categories["meta_sex"]
+
+
+def test_fold_errors_name_the_values_and_no_cli_flag():
+    X, y = separable(80)
+    with pytest.raises(UserError) as e:
+        GateClassifier(**{**FAST, "n_folds": 50}).fit(X, y)
+    msg = str(e.value)
+    assert "needs at least 50 normal and 50 abnormal images for 50-fold cross-validation, found [55, 25] (normal, abnormal)" in msg
+    assert "n_folds=50" in msg and "--" not in msg
+    with pytest.raises(UserError) as e:
+        GateClassifier(**FAST).fit(X, y, np.where(y == 1, 0, 1))
+    assert "fold 0 holds out only one class" in str(e.value) and "folds=None" in str(e.value)
+    assert "--" not in str(e.value)

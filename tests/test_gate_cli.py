@@ -14,9 +14,9 @@ from cxrdet.gate.features import build_features
 from cxrdet.gate.inputs import abnormal_targets, read_detections
 from cxrdet.gate.model import GateClassifier
 from cxrdet.gate.train import get_args_parser
-from cxrdet.formats.labels import labels_frame
+from label_fixtures import labels_frame
 
-FAST = ["--n-estimators", "60", "--learning-rate", "0.15", "--early-stopping", "10", "--workers", "1",
+FAST = ["--n-estimators", "60", "--lr", "0.15", "--early-stopping", "10", "--workers", "1",
         "--n-folds", "3"]
 N = 60
 
@@ -123,6 +123,8 @@ def test_bad_input_exits_2_with_a_message_naming_the_file(data, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert str(d) in err
+    if breakage == "no_pixel_file":  # the library names the file; the command adds its flags
+        assert "(--pixel-features PATH, or --no-pixel)" in err
 
 
 def test_in_fold_detections_are_refused(data, tmp_path, capsys):
@@ -173,6 +175,7 @@ def test_provenance_checks_each_image_against_the_detector_that_predicted_it(dat
     first_in_fold = folds.loc[folds["fold"] != 0, "image_id"].iloc[0]
     assert "45 image(s) were predicted by detector /runs/f0/export" in err and first_in_fold in err
     assert "--folds FOLDS.csv --fold K" in err and "Traceback" not in err
+    assert "or train the gate without detector evidence (flags: --detections, --detector-run;" in err
     # an image missing from the record is refused too (stale record)
     by_fold = {k: folds.loc[folds["fold"] == k, "image_id"].tolist() for k in range(4)}
     _provenance(det, {k: v for k, v in by_fold.items() if k != 3}, data / "FOLDS.csv")
@@ -214,3 +217,23 @@ def test_read_detections_from_det_csv_and_refuses_gated_submissions(tmp_path):
     gated.write_text("image_id,PredictionString\na,3 0.7 1 2 30 40 14 0.4 0 0 1 1\nb,14 1 0 0 1 1\n")
     with pytest.raises(UserError, match="gated submission"):
         read_detections(gated, ["a", "b"])
+
+
+def test_lr_and_seed_reach_xgboost_and_the_old_spelling_exits_2(data, tmp_path, capsys):
+    from cxrdet.gate.train import make_gate
+
+    base = ["--meta", "m.csv", "--labels", "l.csv", "--out", "o"]
+    gate = make_gate(get_args_parser().parse_args([*base, "--lr", "0.15"]))
+    assert gate.learning_rate == 0.15 and gate._params()["eta"] == 0.15
+    assert make_gate(get_args_parser().parse_args(base)).random_state == 0  # the one --seed default
+    with pytest.raises(SystemExit) as e:
+        train_gate(data, tmp_path / "out", "--learning-rate", "0.1")
+    assert e.value.code == 2
+    assert "cxrdet train-gate: error: --learning-rate 0.1: renamed to --lr 0.1" in capsys.readouterr().err
+
+
+def test_too_few_images_for_the_folds_names_the_counts_then_the_flags(data, tmp_path, capsys):
+    assert train_gate(data, tmp_path / "out", "--no-pixel", "--n-folds", "30") == 2
+    err = capsys.readouterr().err
+    assert "needs at least 30 normal and 30 abnormal images for 30-fold cross-validation, found [40, 20]" in err
+    assert "use fewer folds (n_folds=30)" in err and "(flags: --folds FOLDS.csv or --n-folds K)" in err

@@ -10,7 +10,7 @@ import pytest
 from cxrdet.detections import Detections
 from cxrdet.detections import normal_detection
 from cxrdet.gate.rules import apply_gate, tune_thresholds
-from cxrdet.formats.labels import labels_frame
+from label_fixtures import labels_frame
 from cxrdet.metrics import detections_to_frame, evaluate_detections
 
 BOX = [10.0, 10.0, 50.0, 50.0]

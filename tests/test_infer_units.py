@@ -196,16 +196,28 @@ def test_png_source_resizes_to_the_cache_size_of_the_original(tmp_path):
 @pytest.mark.parametrize(
     "body, match",
     [
-        ("image_id,rows,cols\na,1,2\n", "dim0"),
-        ("image_id,dim0,dim1\na,10,20\nb,0,5\n", "line 3"),
-        ("image_id,dim0,dim1\na,10,20\na,10,20\n", "twice"),
+        ("image_id,rows,cols\na,1,2\n", "expected columns image_id,dim0,dim1 (dim0 = rows = original height, "
+                                       "dim1 = columns = original width), missing dim0,dim1"),
+        ("image_id,dim0,dim1\na,10,20\nb,0,5\n", "line 3: dim0/dim1 must be positive integers, got 0,5"),
+        ("image_id,dim0,dim1\na,10,20\na,10,20\n", "line 3: image_id 'a' appears twice"),
     ],
 )
 def test_png_sizes_csv_errors_name_the_problem(tmp_path, body, match):
     path = tmp_path / "sizes.csv"
     path.write_text(body)
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UserError) as e:
         read_png_sizes(path)
+    assert str(e.value).startswith(f"PNG sizes CSV {path}") and match in str(e.value)
+    assert "--" not in str(e.value)  # a library message: the file and the expectation, no CLI flag
+
+
+def test_png_folder_errors_name_the_folder(tmp_path):
+    from cxrdet.inference.sources import PngFolderSource
+
+    with pytest.raises(UserError, match=f"^PNG folder {tmp_path / 'absent'} is not a folder$"):
+        PngFolderSource(tmp_path / "absent", tmp_path / "sizes.csv", 64)
+    with pytest.raises(UserError, match=r"holds no \.png files \(expected <image_id>\.png\)$"):
+        PngFolderSource(tmp_path, tmp_path / "sizes.csv", 64)
 
 
 def test_shards_are_disjoint_complete_and_order_independent():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cxrdet.detections import DET_COLUMNS, Detections
-from cxrdet.formats.labels import labels_frame
+from label_fixtures import labels_frame
 from cxrdet.metrics import (
     MetricWarning, average_precision, detections_to_frame, evaluate_detections,
 )

@@ -299,3 +299,14 @@ def test_help_documents_every_flag(command, capsys):
                                          "--errors-out", "--features-out", "--exact-j2k"]
                                         if command == "prepare" else [])
     assert all(flag in out for flag in flags)
+
+
+def test_bad_cache_size_names_the_value_then_the_flags(tmp_path, capsys):
+    from cxrdet.cli import main as cli_main
+
+    argv = ["prepare", "--dicom-dir", str(tmp_path), "--out", str(tmp_path / "c.h5"), "--meta-out",
+            str(tmp_path / "m.csv"), "--size", "8"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cxrdet prepare: error: cache size must be between 16 and 8192 pixels" in err
+    assert "got 8 (flags --size, --voi)" in err and not (tmp_path / "c.h5").exists()

@@ -8,7 +8,7 @@ import pytest
 
 from cxrdet.cli import main as cli_main
 from cxrdet.errors import UserError
-from cxrdet.formats.labels import labels_frame
+from label_fixtures import labels_frame
 from cxrdet.split import fold_class_counts, make_folds
 
 

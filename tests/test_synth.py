@@ -169,11 +169,11 @@ def test_monochrome1_is_stored_inverted(synth_dir):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--n-train", "0"], "--n-train must be at least 1"),
-        (["--n-test", "-3"], "--n-test must be at least 1"),
-        (["--scale", "3"], "--scale must be in"),
-        (["--normal-fraction", "1.5"], "--normal-fraction must be in [0, 1]"),
-        (["--workers", "0"], "--workers must be at least 1"),
+        (["--n-train", "0"], "--n-train: n_train must be at least 1, got 0"),
+        (["--n-test", "-3"], "--n-test: n_test must be at least 1, got -3"),
+        (["--scale", "3"], "--scale: scale must be in [0.05, 1]"),
+        (["--normal-fraction", "1.5"], "--normal-fraction: normal_fraction must be in [0, 1], got 1.5"),
+        (["--workers", "0"], "--workers: workers must be at least 1, got 0"),
     ],
 )
 def test_cli_rejects_bad_values(tmp_path, capsys, extra, message):
@@ -189,7 +189,8 @@ def test_cli_refuses_a_file_as_out_and_an_existing_dataset(tmp_path, capsys, syn
     assert cli.main(["synth", "--out", str(a_file)]) == 2
     assert "is a file" in capsys.readouterr().err
     assert cli.main(["synth", "--out", str(synth_dir)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert f"--out {synth_dir} already holds a dataset" in (err := capsys.readouterr().err)
+    assert "pass --overwrite to replace it" in err
     with pytest.raises(SystemExit) as e:  # argparse: not a number
         cli.main(["synth", "--out", str(tmp_path / "d"), "--n-train", "many"])
     assert e.value.code == 2
@@ -241,3 +242,15 @@ def test_fusing_the_readers_recovers_the_drawn_lesions(synth_dir):
             assert iou_matrix(box[None], mine).max() > 0.75
             n_truth += 1
     assert n_truth >= 5
+
+
+def test_config_and_folder_errors_name_the_value_not_a_flag(tmp_path):
+    from cxrdet.synth.dataset import DatasetExists, SynthConfigError
+
+    with pytest.raises(SynthConfigError) as e:
+        SynthConfig(scale=3.0).validate()
+    assert e.value.field == "scale" and str(e.value) == "scale must be in [0.05, 1] (1 = real VinBigData sizes), got 3.0"
+    (tmp_path / "train.csv").write_text("image_id\n")
+    with pytest.raises(DatasetExists) as e:
+        generate_dataset(tmp_path, SynthConfig(n_train=1, n_test=1, scale=0.05, progress=False))
+    assert str(e.value).startswith(f"{tmp_path} already holds a dataset (train.csv)") and "--" not in str(e.value)

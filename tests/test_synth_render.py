@@ -15,7 +15,8 @@ from cxrdet.synth.annotate import consensus_rows, reader_rows
 from cxrdet.synth.dataset import render_image
 from cxrdet.synth.lesions import mask_box, render_lesion
 from cxrdet.synth.phantom import render_anatomy, sample_anatomy
-from cxrdet.synth.plan import class_coverage, plan_split
+from cxrdet.synth.plan import plan_split
+from label_fixtures import class_coverage
 
 
 def test_quota_counts_are_proportional_and_cover_every_option():

@@ -15,10 +15,11 @@ from typing import Any
 
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
+from cxrdet.fusion import FUSION_METHODS
 
 MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet18_fpn")
 OPTIMIZERS = ("sgd", "adamw")
-FUSIONS = ("wbf", "nms", "consensus", "none")
+FUSIONS = FUSION_METHODS  # label fusion before training: the methods cxrdet.fusion implements
 # Fields that fix the network's shape: a resumed run or an exported artifact must keep them.
 ARCHITECTURE_FIELDS = ("model", "weights", "backbone_weights", "trainable_layers", "anchor_sizes", "aspect_ratios")
 # Fields that define what validation scores (images, ground truth, input scale, kept detections):

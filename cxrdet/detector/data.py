@@ -20,13 +20,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from cxrdet.boxes import HW, resized_hw, scale_boxes
-from cxrdet.classes import NO_FINDING, class_to_label
+from cxrdet.classes import class_to_label
+from cxrdet.detections import Detections
 from cxrdet.detector.config import DetectorConfig
 from cxrdet.detector.transforms import AugmentSettings, augment
 from cxrdet.errors import UserError
 from cxrdet.formats.folds import read_folds
 
-COORDS = ["x_min", "y_min", "x_max", "y_max"]
 SHOWN_IDS = 10  # missing ids listed in an error message; the count is always given
 
 
@@ -109,15 +109,14 @@ def load_table(cfg: DetectorConfig) -> TrainingTable:
 
 def _cache_targets(fused: pd.DataFrame, ids: list[str], sizes: dict[str, HW], cache_size: int):
     """Per image: finding boxes scaled original -> cache pixels, and torchvision labels."""
-    empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
-    out = {i: empty for i in ids}
-    findings = fused[fused["class_id"] != NO_FINDING]
-    boxes = findings[COORDS].to_numpy(dtype=np.float64)
-    cls = findings["class_id"].to_numpy(dtype=np.int64)
-    for image_id, idx in findings.groupby("image_id", sort=False).indices.items():
-        orig = sizes[image_id]
-        scaled = scale_boxes(boxes[idx], orig, resized_hw(orig, cache_size))
-        out[image_id] = (scaled.astype(np.float32), class_to_label(cls[idx]))
+    from cxrdet.formats.labels import labels_by_image
+
+    per_image = labels_by_image(fused)  # finding boxes only; a normal image has none
+    out = {}
+    for image_id in ids:
+        det, orig = per_image.get(image_id, Detections.empty()), sizes[image_id]
+        scaled = scale_boxes(det.boxes, orig, resized_hw(orig, cache_size))
+        out[image_id] = (scaled.astype(np.float32), class_to_label(det.class_ids))
     return out
 
 

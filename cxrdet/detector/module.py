@@ -30,8 +30,6 @@ from cxrdet.detector.model import build_detector, load_pretrained
 from cxrdet.detector.predict import outputs_to_detections
 from cxrdet.detector.transforms import to_model_input
 
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-
 
 def warmup_cosine(step: int, total: int, warmup: int, warmup_factor: float, min_ratio: float) -> float:
     """LR multiplier: linear warmup from ``warmup_factor`` to 1, then cosine down to ``min_ratio``."""

@@ -56,10 +56,11 @@ def parse_age(value: Any) -> float:
 
 def open_header(path: str | os.PathLike) -> Dataset:
     """Read the tags only; BadDicomError when the file is not readable DICOM."""
-    return _dcmread(path, stop_before_pixels=True)
+    return dcmread_checked(path, stop_before_pixels=True)
 
 
-def _dcmread(path: str | os.PathLike, stop_before_pixels: bool) -> Dataset:
+def dcmread_checked(path: str | os.PathLike, stop_before_pixels: bool) -> Dataset:
+    """``pydicom.dcmread`` with every way a file can be unreadable raised as one BadDicomError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd-but-readable tags must not flood a 15k-file run

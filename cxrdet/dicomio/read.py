@@ -30,7 +30,7 @@ from pydicom.uid import (
 
 from cxrdet.dicomio import intensity, j2k
 from cxrdet.dicomio.errors import BadDicomError
-from cxrdet.dicomio.meta import _dcmread, first_value, image_id_from_path, metadata_from_dataset
+from cxrdet.dicomio.meta import dcmread_checked, first_value, image_id_from_path, metadata_from_dataset
 
 __all__ = ["BadDicomError", "read_dicom", "open_image_dataset", "decode_stored", "to_display",
            "j2k_reduce_level", "check_image"]
@@ -52,7 +52,7 @@ def read_dicom(
     """
     if voi not in intensity.VOI_CHOICES:
         raise ValueError(f"voi must be one of {intensity.VOI_CHOICES}, got {voi!r}")
-    ds = _dcmread(path, stop_before_pixels=False)
+    ds = dcmread_checked(path, stop_before_pixels=False)
     with _failing_as("malformed tags, the image cannot be interpreted"):
         meta = metadata_from_dataset(ds, image_id_from_path(path))  # before any tag is inferred
         check_image(ds)
@@ -84,7 +84,7 @@ def _failing_as(what: str) -> Iterator[None]:
 
 def open_image_dataset(path: str | os.PathLike) -> Dataset:
     """Read a file and check it holds one greyscale frame; BadDicomError otherwise."""
-    ds = _dcmread(path, stop_before_pixels=False)
+    ds = dcmread_checked(path, stop_before_pixels=False)
     with _failing_as("malformed tags, the image cannot be interpreted"):
         return check_image(ds)
 

@@ -208,20 +208,3 @@ def labels_by_image(labels: pd.DataFrame, include_no_finding: bool = False) -> d
     for image_id, idx in sub.groupby("image_id", sort=False).indices.items():
         out[image_id] = Detections(boxes[idx], np.ones(len(idx)), sub_cid[idx])
     return out
-
-
-def labels_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
-    """Build a label frame from records (class_name filled from class_id when absent)."""
-    df = pd.DataFrame(rows).copy()
-    if "class_name" not in df.columns:
-        df["class_name"] = [CLASS_NAMES[int(c)] for c in df["class_id"]]
-    if "rad_id" not in df.columns:
-        df["rad_id"] = "R1"
-    for c in COORD_COLUMNS:
-        if c not in df.columns:
-            df[c] = np.nan
-    df["class_id"] = df["class_id"].astype(np.int64)
-    df[COORD_COLUMNS] = df[COORD_COLUMNS].astype(np.float64)
-    df["image_id"] = df["image_id"].astype(object)
-    return df[LABEL_COLUMNS].reset_index(drop=True)
-

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cxrdet.boxes import clip_boxes
 from cxrdet.classes import NO_FINDING, NORMAL_BOX, NUM_CLASSES
-from cxrdet.detections import Detections, normal_detection
+from cxrdet.detections import Detections, det_frame, normal_detection
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
 from cxrdet.formats.labels import bad_rows_error
@@ -308,9 +308,7 @@ def read_submission(path: os.PathLike | str, *, with_ids: bool = False):
             problems.append((lines[row], reason.replace(f"box {k + 1} ", f"box {first + 1} ", 1)))
     if problems:
         raise bad_rows_error(path, problems, FIX_ROWS)
-    frame = pd.DataFrame({"image_id": np.repeat(np.array(ids, dtype=object), counts),
-                          "class_id": v[:, 0].astype(np.int64), "score": v[:, 1]})
-    frame[["x_min", "y_min", "x_max", "y_max"]] = v[:, 2:]
+    frame = det_frame(np.repeat(np.array(ids, dtype=object), counts), v[:, 0], v[:, 1], v[:, 2:])
     return (frame, ids) if with_ids else frame
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.classes import NUM_FINDINGS
-from cxrdet.detections import DET_COLUMNS, Detections
+from cxrdet.detections import Detections
 from cxrdet.errors import UserError
 
 # META.csv column -> feature name. Numbers first, then categories; this order is the table's.
@@ -94,7 +94,7 @@ def pixel_table(pixel_df: pd.DataFrame, image_ids: pd.Index) -> pd.DataFrame:
     if not cols:
         raise UserError(
             f"{where} has no px_* columns. Fix: regenerate it with `cxrdet prepare`, "
-            "or train without pixel features (--no-pixel)."
+            "or train without pixel features."
         )
     px = pixel_df[cols].set_axis(pd.Index(_image_ids(pixel_df, where), name="image_id"))
     absent = image_ids.difference(px.index)
@@ -138,22 +138,6 @@ def _evidence(det: Detections) -> np.ndarray:
         out.append(_max(s))
         out += [float((s >= t).sum()) for t in DET_THRESHOLDS]
     return np.asarray(out)
-
-
-def detections_from_frame(
-    det_df: pd.DataFrame, image_ids: list[str] | None = None
-) -> dict[str, Detections]:
-    """Group a ``DET_COLUMNS`` frame by image; ``image_ids`` without rows get no boxes."""
-    missing = [c for c in DET_COLUMNS if c not in det_df.columns]
-    if missing:
-        raise UserError(f"detections table lacks column(s) {missing}; expected {DET_COLUMNS}")
-    out = {i: Detections.empty() for i in (image_ids or [])}
-    boxes = ["x_min", "y_min", "x_max", "y_max"]
-    for image_id, g in det_df.groupby("image_id", sort=False):
-        out[str(image_id)] = Detections(
-            g[boxes].to_numpy(np.float64), g["score"].to_numpy(), g["class_id"].to_numpy()
-        )
-    return out
 
 
 def feature_group(name: str) -> str:

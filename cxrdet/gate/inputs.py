@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.classes import NO_FINDING
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, detections_from_frame
 from cxrdet.errors import UserError
 from cxrdet.formats.folds import fold_members, read_folds
-from cxrdet.gate.features import detections_from_frame
+from cxrdet.formats.submission import HEADER as SUBMISSION_HEADER, read_submission
 
 
 def read_table(path: Path, required: list[str], fix: str) -> pd.DataFrame:
@@ -40,8 +40,9 @@ def read_pixel_table(meta: Path, pixel_features: str | None) -> pd.DataFrame:
     path = Path(pixel_features) if pixel_features else features_path(meta)
     if not path.is_file():
         raise UserError(
-            f"{path}: pixel features file not found. Fix: pass --pixel-features (written by "
-            "`cxrdet prepare` beside META.csv) or train on metadata alone with --no-pixel"
+            f"{path}: pixel features file not found; expected the pixel features CSV that `cxrdet prepare` "
+            "writes beside META.csv (<meta stem>_pixel_features.csv). Fix: point to that file or train on "
+            "metadata alone"
         )
     return read_table(path, ["image_id"], "use the <meta stem>_pixel_features.csv of `cxrdet prepare`")
 
@@ -102,9 +103,7 @@ def read_detections(path: Path, ids: list[str]) -> dict[str, Detections]:
         raise UserError(f"{path}: detections file not found")
     with open(path, newline="") as f:
         header = [h.strip() for h in f.readline().strip().split(",")]
-    if header == ["image_id", "PredictionString"]:
-        from cxrdet.formats.submission import read_submission
-
+    if header == SUBMISSION_HEADER:
         frame, listed = read_submission(path, with_ids=True)
     else:
         frame = read_table(path, ["image_id", "class_id", "score", "x_min", "y_min", "x_max", "y_max"],
@@ -136,7 +135,7 @@ def check_out_of_fold(runs: list[str], dets: dict[str, Detections], det_path: Pa
 
     With the provenance record ``cxrdet infer`` writes beside its CSV, each image is checked
     against the detector(s) that predicted it. Without one, only a weak check is possible: an
-    image passes when ANY given --detector-run held it out (or, with no run, a warning).
+    image passes when ANY of the given detector ``runs`` held it out (or, with no run, a warning).
     """
     from cxrdet.formats.provenance import provenance_path, read_provenance
 
@@ -144,12 +143,12 @@ def check_out_of_fold(runs: list[str], dets: dict[str, Detections], det_path: Pa
     if record.is_file():
         return check_with_provenance(read_provenance(record), dets, det_path, record)
     if not runs:
-        print(f"train-gate: WARNING: cannot check that {det_path} is out-of-fold (no --detector-run and no "
+        print(f"train-gate: WARNING: cannot check that {det_path} is out-of-fold (no detector run folder given and no "
               f"{record.name} beside it); in-fold detections make the gate over-trust the detector",
               file=sys.stderr)
         return {"verified": False, "runs": []}
     print(f"train-gate: WARNING: no {record.name} beside {det_path}, so it is not known which run predicted "
-          "which image; only checking that some --detector-run held each image out. Make the detections "
+          "which image; only checking that some given detector run held each image out. Make the detections "
           "with `cxrdet infer --folds F --fold K` (+ merge-submissions) for the strict check", file=sys.stderr)
     held_out: set[str] = set()
     for run in runs:
@@ -160,7 +159,7 @@ def check_out_of_fold(runs: list[str], dets: dict[str, Detections], det_path: Pa
             f"{det_path}: {len(in_fold)} image(s) were in the training folds of every given "
             f"detector run ({', '.join(runs)}), e.g. {in_fold[:5]}: their detections are in-fold. "
             "Fix: give detections predicted by the run that held each image out (one run per fold, "
-            "each predicting its own validation fold), or drop --detections"
+            "each predicting its own validation fold), or train the gate without detector evidence"
         )
     return {"verified": True, "strict": False, "runs": list(runs), "n_images_checked": len(dets)}
 
@@ -191,7 +190,7 @@ def check_with_provenance(runs: list[dict], dets: dict[str, Detections], det_pat
                     f"e.g. {in_fold[:5]}: their detections are in-fold (record: {record}). Fix: predict "
                     "each fold with the run that held it out (`cxrdet infer --model runs/fK/export "
                     "--folds FOLDS.csv --fold K --out oof_K.csv`), merge them with `cxrdet "
-                    "merge-submissions`, or drop --detections"
+                    "merge-submissions`, or train the gate without detector evidence"
                 )
     models = sorted({m["artifact"] for run in runs for m in run["models"]})
     return {"verified": True, "strict": True, "provenance": str(record), "models": models,

@@ -30,13 +30,12 @@ from sklearn.model_selection import StratifiedKFold
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
 from cxrdet.gate.features import FeatureSchema
+from cxrdet.gate.rules import DEFAULT_HIGH, DEFAULT_LOW
 
 MODEL_FILE = "gate.ubj"
 SCHEMA_FILE = "gate_schema.json"
 SCHEMA_FORMAT = "cxrdet-gate-schema"
 SCHEMA_VERSION = 1
-DEFAULT_LOW = 0.08  # DESIGN.md §6: below, the image is called normal only
-DEFAULT_HIGH = 0.95  # DESIGN.md §6: from here on, boxes only
 
 
 class GateClassifier(ClassifierMixin, BaseEstimator):
@@ -113,7 +112,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
                     f"the gate needs at least {self.n_folds} normal and {self.n_folds} abnormal "
                     f"images for {self.n_folds}-fold cross-validation, found "
                     f"{np.bincount(y, minlength=2).tolist()} (normal, abnormal). "
-                    "Fix: label more images or lower --n-folds."
+                    f"Fix: label more images or use fewer folds (n_folds={self.n_folds})."
                 )
             skf = StratifiedKFold(self.n_folds, shuffle=True, random_state=self.random_state)
             fold_ids = np.empty(len(y), dtype=np.int64)
@@ -130,7 +129,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
                 raise UserError(
                     f"fold {k} holds out only one class (normal/abnormal), so its AUC and early "
                     "stopping are undefined. Fix: use a stratified split (`cxrdet split`) or "
-                    "drop --folds to let the gate stratify by itself."
+                    "fit without a fold assignment (folds=None) to let the gate stratify by itself."
                 )
         return fold_ids
 
@@ -282,7 +281,7 @@ def _read_schema(model_dir: Path) -> tuple[dict, Path]:
         if not p.is_file():
             raise UserError(
                 f"gate folder {model_dir} lacks {p.name} (expected {MODEL_FILE} + {SCHEMA_FILE}). "
-                "Fix: point to the --out folder of `cxrdet train-gate`."
+                "Fix: point to the output folder of `cxrdet train-gate`."
             )
     try:
         doc = json.loads(schema_path.read_text())

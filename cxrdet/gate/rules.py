@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.classes import NO_FINDING
-from cxrdet.detections import Detections, normal_detection
-from cxrdet.metrics import IOU_THR, GroundTruth, detections_to_frame, match_detections, summarize
+from cxrdet.detections import Detections, detections_to_frame, normal_detection
+from cxrdet.metrics import IOU_THR, GroundTruth, match_detections, summarize
 
-LOW, HIGH = 0.08, 0.95  # VINBIGDATA.md: the thresholds that worked on the public leaderboard
+# the standard 2-class filter thresholds (they worked on the VinBigData public leaderboard):
+# below DEFAULT_LOW an image is called normal only, from DEFAULT_HIGH on it gets boxes only
+DEFAULT_LOW, DEFAULT_HIGH = 0.08, 0.95
 DEFAULT_LOWS = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
 DEFAULT_HIGHS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0, 1.01)  # 1.01: never drop the class-14 row
 
@@ -34,7 +36,8 @@ def _check(p_abnormal: float, low: float, high: float) -> None:
         raise ValueError(f"p_abnormal must be a probability in [0, 1], got {p_abnormal}")
 
 
-def apply_gate(dets: Detections, p_abnormal: float, low: float = LOW, high: float = HIGH) -> Detections:
+def apply_gate(dets: Detections, p_abnormal: float, low: float = DEFAULT_LOW,
+               high: float = DEFAULT_HIGH) -> Detections:
     """One image's final prediction from its findings and P(abnormal) (module docstring)."""
     _check(p_abnormal, low, high)
     findings = dets.select(dets.class_ids != NO_FINDING)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
+from cxrdet.flags import DEFAULT_SEED, RenamedFlag
 from cxrdet.formats.atomic import write_frame
 from cxrdet.gate.features import FEATURE_GROUPS, META_REQUIRED, build_features, feature_group
 from cxrdet.gate.inputs import (
@@ -29,8 +30,9 @@ from cxrdet.gate.inputs import (
     read_training_labels,
     restrict_meta,
 )
-from cxrdet.gate.model import DEFAULT_HIGH, DEFAULT_LOW, GateClassifier, library_versions
+from cxrdet.gate.model import GateClassifier, library_versions
 from cxrdet.gate.report import plot_report, write_report_json, zone_confusion
+from cxrdet.gate.rules import DEFAULT_HIGH, DEFAULT_LOW
 
 INTERRUPT_NOTE = "no gate was written (model, schema and report are written at the end); rerun the command"
 
@@ -48,7 +50,7 @@ refused. Without a record the check is weak: an image passes when ANY --detector
 with the same inference settings (TTA, ensemble) that will feed the gate later.
 
 example (3 folds):
-  cxrdet split --labels train.csv --folds 3 --out FOLDS.csv
+  cxrdet split --labels train.csv --n-folds 3 --out FOLDS.csv
   cxrdet train --cache C.h5 --labels train.csv --folds FOLDS.csv --fold K --out runs/fK   (K=0,1,2)
   cxrdet infer --cache C.h5 --model runs/fK/export --folds FOLDS.csv --fold K --out oof_K.csv
   cxrdet merge-submissions --out oof.csv oof_0.csv oof_1.csv oof_2.csv
@@ -78,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="FOLDS.csv (image_id,fold) from `cxrdet split`; use the detector's folds "
                    "so OOF detector evidence and gate folds agree (default: stratified K-fold)")
     p.add_argument("--n-folds", type=int, default=5, help="folds when --folds is not given (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of XGBoost (default 0)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the folds and of XGBoost (default {DEFAULT_SEED})")
     p.add_argument("--detections", default=None,
                    help="OUT-OF-FOLD detections of the labelled images (submission CSV or a CSV "
                    "with image_id,class_id,score,x_min,y_min,x_max,y_max in original pixels): "
@@ -90,7 +92,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--low", type=float, default=None, help=f"fix the low threshold (default: tuned, else {DEFAULT_LOW})")
     p.add_argument("--high", type=float, default=None, help=f"fix the high threshold (default: tuned, else {DEFAULT_HIGH})")
     p.add_argument("--n-estimators", type=int, default=2000, help="max boosting rounds per fold; early stopping ends sooner (default 2000)")
-    p.add_argument("--learning-rate", type=float, default=0.03, help="XGBoost eta (default 0.03)")
+    p.add_argument("--lr", type=float, default=0.03, help="XGBoost learning rate, eta (default 0.03)")
+    p.add_argument("--learning-rate", action=RenamedFlag, hint=lambda v: f"renamed to --lr {v} (as in `cxrdet train`)")
     p.add_argument("--max-depth", type=int, default=4, help="tree depth (default 4)")
     p.add_argument("--early-stopping", type=int, default=100, help="rounds without held-out log-loss gain before a fold stops (default 100)")
     p.add_argument("--workers", type=int, default=None, help="XGBoost threads (default: all cores)")
@@ -104,7 +107,10 @@ def main(args: argparse.Namespace) -> int:
     if args.n_folds < 2 and not args.folds:
         raise UserError(f"--n-folds must be at least 2 for cross-validation, got {args.n_folds}")
     meta = read_table(Path(args.meta), META_REQUIRED, "regenerate it with `cxrdet prepare --meta-out`")
-    pixel = None if args.no_pixel else read_pixel_table(Path(args.meta), args.pixel_features)
+    try:
+        pixel = None if args.no_pixel else read_pixel_table(Path(args.meta), args.pixel_features)
+    except UserError as e:
+        raise UserError(f"{e} (--pixel-features PATH, or --no-pixel)") from None
     labels = read_training_labels(Path(args.labels))
     y_all = abnormal_targets(labels, args.abnormal_rule)
     meta = restrict_meta(meta, y_all, Path(args.meta), Path(args.labels))
@@ -112,12 +118,19 @@ def main(args: argparse.Namespace) -> int:
     y = y_all.reindex(ids).to_numpy(np.int64)
     folds = read_fold_column(Path(args.folds), ids) if args.folds else None
     dets = read_detections(Path(args.detections), ids) if args.detections else None
-    oof_check = check_out_of_fold(args.detector_run, dets, Path(args.detections)) if dets else None
+    try:
+        oof_check = check_out_of_fold(args.detector_run, dets, Path(args.detections)) if dets else None
+    except UserError as e:  # in-fold evidence: say which flags gave it
+        raise UserError(f"{e} (flags: --detections, --detector-run; without --detections the gate uses "
+                        "metadata and pixel features only)") from None
 
     X = build_features(meta, pixel, dets)
     print(f"train-gate: {len(ids)} images ({int(y.sum())} abnormal), {X.shape[1]} features; "
           "cross-validating", file=sys.stderr)
-    gate = make_gate(args).fit(X, y, folds)
+    try:
+        gate = make_gate(args).fit(X, y, folds)
+    except UserError as e:  # too few images per fold, or a fold with one class: name the flags
+        raise UserError(f"{e} (flags: --folds FOLDS.csv or --n-folds K)") from None
     ablation = run_ablation(args, X, y, gate)
     tuning = choose_thresholds(args, gate, dets, pd.Series(gate.oof_proba_, index=ids), labels)
     if dets is not None:
@@ -146,7 +159,7 @@ def main(args: argparse.Namespace) -> int:
 def make_gate(args: argparse.Namespace) -> GateClassifier:
     return GateClassifier(
         n_estimators=args.n_estimators,
-        learning_rate=args.learning_rate,
+        learning_rate=args.lr,
         max_depth=args.max_depth,
         n_folds=args.n_folds,
         early_stopping_rounds=args.early_stopping,
@@ -221,7 +234,8 @@ def add_gated_map(ablation: dict, ids: list[str], dets: dict[str, Detections], l
 def gated_vs_ungated(dets: dict[str, Detections], p: dict[str, float], labels, low, high) -> dict:
     """mAP@0.4 of the detections as they are and after the gate, on the same images."""
     from cxrdet.gate.rules import apply_gate
-    from cxrdet.metrics import detections_to_frame, evaluate_detections
+    from cxrdet.detections import detections_to_frame
+    from cxrdet.metrics import evaluate_detections
 
     gated = {i: apply_gate(d, p[i], low, high) for i, d in dets.items()}
     out = {}

@@ -152,20 +152,20 @@ def read_png_sizes(path: str | os.PathLike) -> dict[str, HW]:
     try:
         df = pd.read_csv(path, dtype={"image_id": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"cannot read --png-sizes {path}: {e}") from e
+        raise UserError(f"cannot read the PNG sizes CSV {path}: {e}") from e
     missing = [c for c in ("image_id", "dim0", "dim1") if c not in df.columns]
     if missing:
         raise UserError(
-            f"--png-sizes {path}: expected columns image_id,dim0,dim1 (dim0 = rows = original height, "
+            f"PNG sizes CSV {path}: expected columns image_id,dim0,dim1 (dim0 = rows = original height, "
             f"dim1 = columns = original width), missing {','.join(missing)}"
         )
     sizes: dict[str, HW] = {}
     for line, (image_id, d0, d1) in enumerate(df[["image_id", "dim0", "dim1"]].itertuples(index=False), start=2):
         dims = (_positive_int(d0), _positive_int(d1))
         if None in dims:
-            raise UserError(f"--png-sizes {path} line {line}: dim0/dim1 must be positive integers, got {d0!r},{d1!r}")
+            raise UserError(f"PNG sizes CSV {path} line {line}: dim0/dim1 must be positive integers, got {d0!r},{d1!r}")
         if image_id in sizes:
-            raise UserError(f"--png-sizes {path} line {line}: image_id {image_id!r} appears twice")
+            raise UserError(f"PNG sizes CSV {path} line {line}: image_id {image_id!r} appears twice")
         sizes[str(image_id)] = dims  # type: ignore[assignment]
     return sizes
 
@@ -224,11 +224,11 @@ class PngFolderSource(ImageSource):
                  with_features: bool = True) -> None:
         root = Path(folder)
         if not root.is_dir():
-            raise UserError(f"--png-dir {root}: not a folder")
+            raise UserError(f"PNG folder {root} is not a folder")
         self.root = root
         self.paths = {p.stem: p for p in sorted(root.glob("*")) if p.suffix.lower() == ".png" and p.is_file()}
         if not self.paths:
-            raise UserError(f"--png-dir {root}: no .png files found")
+            raise UserError(f"PNG folder {root} holds no .png files (expected <image_id>.png)")
         self.sizes = read_png_sizes(sizes_csv)
         self.sizes_csv = Path(sizes_csv)
         super().__init__(sorted(set(self.paths) | set(self.sizes)), size, with_features)

@@ -44,10 +44,10 @@ class CacheSettings:
 
     def __post_init__(self) -> None:
         if not MIN_SIZE <= int(self.size) <= MAX_SIZE:
-            raise UserError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels (the long "
+            raise UserError(f"cache size must be between {MIN_SIZE} and {MAX_SIZE} pixels (the long "
                             f"side of cached images; VinBigData models use 512-1024), got {self.size}")
         if self.voi not in VOI_CHOICES:
-            raise UserError(f"--voi must be one of {', '.join(VOI_CHOICES)}, got {self.voi!r}")
+            raise UserError(f"cache windowing (voi) must be one of {', '.join(VOI_CHOICES)}, got {self.voi!r}")
 
     def identity(self) -> dict[str, Any]:
         """What a consumer of the cache relies on (JPEG 2000 decode mode is within tolerance)."""

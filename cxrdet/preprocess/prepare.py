@@ -143,7 +143,10 @@ def _finished_ids(out: Path, settings: CacheSettings) -> set[str] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = CacheSettings(size=args.size, voi=args.voi, j2k_reduce=not args.exact_j2k)
+    try:
+        settings = CacheSettings(size=args.size, voi=args.voi, j2k_reduce=not args.exact_j2k)
+    except UserError as e:
+        raise UserError(f"{e} (flags --size, --voi)") from None
     shard = parse_shard(args.shard)
     errors_out = args.errors_out or errors_path(args.out)
     features_out = args.features_out or features_path(args.meta_out)

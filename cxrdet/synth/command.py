@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from cxrdet.synth.dataset import SynthConfig, generate_dataset
+from cxrdet.errors import UserError
+from cxrdet.flags import DEFAULT_SEED
+from cxrdet.synth.dataset import DatasetExists, SynthConfig, SynthConfigError, generate_dataset
 
 _D = SynthConfig()
 
@@ -22,7 +24,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=_D.scale, metavar="S",
                    help="image size as a fraction of real VinBigData sizes (1 = about 2800x2400; "
                    "default: %(default)s, a long side of mostly 600-850 px)")
-    p.add_argument("--seed", type=int, default=_D.seed, metavar="S",
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S",
                    help="random seed; same seed, same bytes (default: %(default)s)")
     p.add_argument("--normal-fraction", type=float, default=_D.normal_fraction, metavar="F",
                    help="fraction of images with no finding (default: %(default)s)")
@@ -45,7 +47,12 @@ def main(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    s = generate_dataset(args.out, cfg)
+    try:
+        s = generate_dataset(args.out, cfg)
+    except SynthConfigError as e:
+        raise UserError(f"--{e.field.replace('_', '-')}: {e}") from None
+    except DatasetExists as e:
+        raise UserError(f"--out {e}; pass --overwrite to replace it") from None
     print(f"wrote {s.n_train} train images ({s.n_train_normal} normal) and {s.n_test} test images "
           f"({s.n_test_normal} normal) to {s.out_dir}")
     print(f"labels: {s.train_csv} (3 readers per image), {s.test_csv} (consensus)")

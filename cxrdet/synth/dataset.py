@@ -24,6 +24,18 @@ from tqdm import tqdm
 
 from cxrdet.classes import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.errors import UserError
+
+
+class SynthConfigError(UserError):
+    """A SynthConfig value out of range; ``field`` names it, so a command can name its flag."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class DatasetExists(UserError):
+    """The output folder holds a dataset and overwriting was not asked for."""
 from cxrdet.formats.atomic import atomic_path, write_text
 from cxrdet.synth.acquisition import dicom_tags, encode
 from cxrdet.synth.annotate import LABEL_COLUMNS, ReaderConfig, consensus_rows, reader_rows
@@ -50,18 +62,18 @@ class SynthConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.n_train >= 1, f"--n-train must be at least 1, got {self.n_train}"),
-            (self.n_test >= 1, f"--n-test must be at least 1, got {self.n_test}"),
-            (0.05 <= self.scale <= 1.0,
-             f"--scale must be in [0.05, 1] (1 = real VinBigData sizes), got {self.scale}"),
-            (0.0 <= self.normal_fraction <= 1.0,
-             f"--normal-fraction must be in [0, 1], got {self.normal_fraction}"),
-            (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
-            (0 <= self.seed < 2**63, f"--seed must be a non-negative integer, got {self.seed}"),
+            ("n_train", self.n_train >= 1, f"n_train must be at least 1, got {self.n_train}"),
+            ("n_test", self.n_test >= 1, f"n_test must be at least 1, got {self.n_test}"),
+            ("scale", 0.05 <= self.scale <= 1.0,
+             f"scale must be in [0.05, 1] (1 = real VinBigData sizes), got {self.scale}"),
+            ("normal_fraction", 0.0 <= self.normal_fraction <= 1.0,
+             f"normal_fraction must be in [0, 1], got {self.normal_fraction}"),
+            ("workers", self.workers >= 1, f"workers must be at least 1, got {self.workers}"),
+            ("seed", 0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}"),
         ]
-        for ok, message in checks:
+        for name, ok, message in checks:
             if not ok:
-                raise UserError(message)
+                raise SynthConfigError(name, message)
 
 
 @dataclass
@@ -140,15 +152,15 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse to mix with an existing dataset unless ``overwrite``; an unfinished synth run
     (config written, CSVs not yet) is simply redone, so an interrupted run can be rerun."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file; give a folder path (it is created if missing)")
+        raise UserError(f"output folder {out_dir} is a file; give a folder path (it is created if missing)")
     labels = [p for p in (out_dir / "train.csv", out_dir / "test.csv") if p.exists()]
     images = [p for split in SPLITS if (out_dir / split).is_dir()
               for pattern in ("*.dicom", "*.partial") for p in sorted((out_dir / split).glob(pattern))]
     unfinished_synth = (out_dir / CONFIG_NAME).exists() and not labels
     if (labels or (images and not unfinished_synth)) and not overwrite:
         found = (labels + images)[0].relative_to(out_dir)
-        raise UserError(f"--out {out_dir} already holds a dataset ({found}); "
-                        "choose another folder or pass --overwrite to replace it")
+        raise DatasetExists(f"{out_dir} already holds a dataset ({found}); choose another folder or "
+                            "overwrite it (SynthConfig.overwrite)")
     for p in labels + images:  # stale images of a larger earlier run would linger unlabelled
         p.unlink()
 

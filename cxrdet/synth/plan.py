@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxrdet.classes import NUM_FINDINGS
 from cxrdet.synth.acquisition import Acquisition, quota, sample_acquisitions
 
 # images marked by at least 2 of 3 readers per class (VINBIGDATA.md), class_id order
@@ -102,12 +101,3 @@ def plan_split(seed: int, split: str, n: int, normal_fraction: float, scale: flo
             acquisition=acqs[i],
         ))
     return specs
-
-
-def class_coverage(specs: list[ImageSpec]) -> np.ndarray:
-    """Number of planned findings per class_id 0..13."""
-    counts = np.zeros(NUM_FINDINGS, dtype=int)
-    for s in specs:
-        for c in s.findings:
-            counts[c] += 1
-    return counts
