@@ -245,3 +245,65 @@ def test_models_health_openapi_and_local_docs(client):
     for asset in ("/static/app.js", "/static/style.css"):
         text = client.get(asset).text
         assert "http://" not in text and "https://" not in text
+
+
+def test_a_model_failure_answers_500_json_and_the_next_request_is_served(client, artifacts, monkeypatch):
+    import cxrdet.detector.predict
+
+    real, calls = cxrdet.detector.predict.predict, []
+
+    def fails_once(model, images):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(model, images)
+
+    monkeypatch.setattr(cxrdet.detector.predict, "predict", fails_once)
+    r = post(client, artifacts["dicoms"][0])
+    assert r.status_code == 500
+    assert "the detector failed on its batch: RuntimeError: CUDA out of memory" in r.json()["detail"]
+    assert post(client, artifacts["dicoms"][0]).status_code == 200
+
+
+def test_queue_batches_waiting_requests_and_answers_each_its_own_result():
+    import asyncio
+    import threading
+
+    from cxrdet.inference.predictor import BatchResult, ImageResult
+    from cxrdet.inference.sources import Sample
+    from cxrdet.serve.queue import ModelQueue, PredictionFailed
+
+    gate_open, batches = threading.Event(), []
+
+    class Recorder:  # stands in for the Predictor: records the batches the queue forms
+        def predict(self, samples):
+            batches.append([s.meta["k"] for s in samples])
+            gate_open.wait(10)  # the first batch holds the model thread while others queue up
+            out = BatchResult()
+            for s in samples:
+                if s.meta["k"] == 2:
+                    out.failures.append((s.image_id, "broken on purpose"))
+                else:
+                    out.results.append(ImageResult(s, None, None, None, None))
+            return out
+
+    def sample(k):  # all named alike: results must still reach the right request
+        return Sample("same", np.zeros((4, 4), np.uint8), (4, 4), {"k": k}, {})
+
+    async def run():
+        queue = ModelQueue(Recorder(), capacity=8, batch_size=3)
+        queue.start()
+        first = asyncio.ensure_future(queue.predict(sample(0)))
+        await asyncio.sleep(0.2)
+        rest = [asyncio.ensure_future(queue.predict(sample(k))) for k in (1, 2, 3)]
+        await asyncio.sleep(0.2)
+        gate_open.set()
+        answers = await asyncio.gather(first, *rest, return_exceptions=True)
+        await queue.stop()
+        return answers
+
+    answers = asyncio.run(run())
+    assert batches == [[0], [1, 2, 3]]
+    assert answers[0][0].sample.meta["k"] == 0 and answers[1][0].sample.meta["k"] == 1
+    assert isinstance(answers[2], PredictionFailed) and str(answers[2]) == "broken on purpose"
+    assert answers[3][0].sample.meta["k"] == 3
