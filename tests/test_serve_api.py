@@ -33,10 +33,10 @@ def artifacts(tmp_path_factory):
             "dicoms": write_dicoms(d / "dicoms", 2)}
 
 
-def make_client(artifacts, **overrides) -> TestClient:
+def make_client(artifacts, gate: bool = True, **overrides) -> TestClient:
     import torch
 
-    config = ServeConfig(models=(str(artifacts["model"]),), gate=str(artifacts["gate"]), **overrides)
+    config = ServeConfig(models=(str(artifacts["model"]),), gate=str(artifacts["gate"]) if gate else None, **overrides)
     return TestClient(create_app(load_service(config, torch.device("cpu"))))
 
 
@@ -307,3 +307,15 @@ def test_queue_batches_waiting_requests_and_answers_each_its_own_result():
     assert answers[0][0].sample.meta["k"] == 0 and answers[1][0].sample.meta["k"] == 1
     assert isinstance(answers[2], PredictionFailed) and str(answers[2]) == "broken on purpose"
     assert answers[3][0].sample.meta["k"] == 3
+
+
+def test_without_a_gate_the_answer_has_no_gate_fields_and_conf_filters_findings(artifacts):
+    with make_client(artifacts, gate=False, conf=0.1) as c:
+        body = post(c, artifacts["dicoms"][0]).json()
+        assert body["p_abnormal"] is None and body["gate_zone"] is None and body["models"]["gate"] is None
+        assert body["image_level"]["p_abnormal"] is None
+        tokens = body["prediction_string"].split()
+        assert "14" not in tokens[::6]  # no class-14 call without a gate
+        assert body["findings"] and all(f["score"] >= 0.1 for f in body["findings"])
+        assert len(tokens) == 6 * len(body["findings"])
+        assert len(body["display"]["items"]) > len(body["findings"])  # the page still gets every box
