@@ -18,7 +18,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -42,7 +42,6 @@ def create_app(service: Service) -> FastAPIOffline:
     """The app around an already loaded :class:`Service` (models load once, before this)."""
     cfg = service.config
     queue = ModelQueue(service.predictor, cfg.queue_size, cfg.batch_size, cfg.decode_workers)
-    store = ResultStore(cfg.keep_results, cfg.result_ttl_s)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -53,97 +52,114 @@ def create_app(service: Service) -> FastAPIOffline:
     app = FastAPIOffline(title="cxrdet serve", version=service.versions.get("cxrdet", ""), lifespan=lifespan,
                          swagger_ui_parameters={"validatorUrl": None},
                          description="Chest X-ray findings (VinBigData classes) for one image at a time.")
-    app.state.service, app.state.queue, app.state.store = service, queue, store
-
-    def require_token(request: Request) -> None:
-        if cfg.token is None:
-            return
-        sent = request.headers.get("authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {cfg.token}".encode()):
-            raise Unauthorized()
-
+    app.state.service, app.state.queue = service, queue
+    app.state.store = ResultStore(cfg.keep_results, cfg.result_ttl_s)
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
-                                                             "X-Content-Type-Options": "nosniff"})
-
-    @app.get("/healthz", response_model=HealthResponse, tags=["service"])
-    async def healthz() -> dict:
-        """Liveness plus the queue's state; open without a token (load balancers, the page)."""
-        return {"status": "ok", "detectors": len(service.predictor.models), "gate": service.predictor.gate is not None,
-                "classifier": service.classifier is not None, "token_required": cfg.token is not None,
-                "queue": {"admitted": queue.admitted, "capacity": queue.capacity, "served": queue.served},
-                "min_score": cfg.min_score, "max_upload_mb": cfg.max_upload_mb}
-
-    @app.get("/v1/models", tags=["models"], dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
-    async def models() -> dict:
-        """The loaded artifacts: architecture, cache settings, weights' SHA-256, gate thresholds."""
-        return service.versions
-
-    @app.post("/v1/predict", tags=["predict"], response_model=PredictResponse, dependencies=[Depends(require_token)],
-              openapi_extra={"requestBody": UPLOAD_BODY}, responses=ERROR_RESPONSES)
-    async def predict(request: Request) -> JSONResponse:
-        """Predict one DICOM (or PNG/JPEG) sent as the multipart field ``file``."""
-        start = time.perf_counter()
-        queue.admit()  # QueueFull -> 503 before the body is read
-        folder = Path(tempfile.mkdtemp(prefix="cxrdet-serve-"))
-        try:
-            upload = await receive_upload(request.headers.get("content-type", ""),
-                                          request.headers.get("content-length"), request.stream(), folder,
-                                          cfg.max_upload_bytes)
-            received = time.perf_counter()
-            sample = await queue.decode(upload_sample, upload, service.cache_settings,
-                                        service.predictor.wants_features, cfg.max_pixels)
-            decoded = time.perf_counter()
-            result, waited = await queue.predict(sample)
-            done = time.perf_counter()
-            request_id = new_request_id()
-            store.put(request_id, result)
-            timings = {"upload_ms": 1e3 * (received - start), "decode_ms": 1e3 * (decoded - received),
-                       "queue_ms": 1e3 * waited, "model_ms": 1e3 * (done - decoded - waited)}
-            body = response_body(result, request_id, service.versions, timings, cfg.conf)
-            body["timings"]["total_ms"] = round(1e3 * (time.perf_counter() - start), 2)
-            return JSONResponse(body)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-            queue.release()
-
-    @app.get("/v1/results/{request_id}/image.png", tags=["results"], dependencies=[Depends(require_token)],
-             response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERROR_RESPONSES})
-    async def display_image(request_id: str) -> Response:
-        """The preprocessed image the detector saw (cache size, windowed), as PNG."""
-        import cv2
-
-        result = stored(store, request_id)
-        ok, buf = cv2.imencode(".png", result.sample.image)
-        return Response(buf.tobytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
-
-    @app.get("/v1/results/{request_id}/overlay.png", tags=["results"], dependencies=[Depends(require_token)],
-             response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERROR_RESPONSES})
-    async def overlay(request_id: str, min_score: float = Query(None, ge=0.0, le=1.0),
-                      classes: str | None = Query(None, pattern=r"^[0-9,]*$")) -> Response:
-        """The overlay PNG, drawn by the code of ``cxrdet infer --vis-dir`` (from ``min_score``,
-        only ``classes``, e.g. ``0,3``, when given)."""
-        from cxrdet.inference.overlay import overlay_png
-
-        result = stored(store, request_id)
-        det = result.final
-        try:
-            keep = class_filter(classes)
-        except ValueError as e:
-            raise UploadRejected(422, str(e)) from None
-        if keep is not None:
-            import numpy as np
-
-            det = det.select(np.isin(det.class_ids, keep) | (det.class_ids == 14))
-        score = cfg.min_score if min_score is None else min_score
-        png = overlay_png(result.sample.image, det, result.sample.orig_hw, score)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
-
+    app.include_router(router)
     return app
+
+
+def require_token(request: Request) -> None:
+    """The /v1 routes' dependency: with a token configured, ``Authorization: Bearer TOKEN``."""
+    token = request.app.state.service.config.token
+    if token is None:
+        return
+    sent = request.headers.get("authorization", "")
+    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        raise Unauthorized()
+
+
+router = APIRouter()
+API = {"dependencies": [Depends(require_token)], "responses": ERROR_RESPONSES}
+PNG = {"response_class": Response, "responses": {200: {"content": {"image/png": {}}}, **ERROR_RESPONSES},
+       "dependencies": [Depends(require_token)], "tags": ["results"]}
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
+                                                         "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["service"])
+async def healthz(request: Request) -> dict:
+    """Liveness plus the queue's state; open without a token (load balancers, the page)."""
+    service, queue = request.app.state.service, request.app.state.queue
+    cfg = service.config
+    return {"status": "ok", "detectors": len(service.predictor.models), "gate": service.predictor.gate is not None,
+            "classifier": service.classifier is not None, "token_required": cfg.token is not None,
+            "queue": {"admitted": queue.admitted, "capacity": queue.capacity, "served": queue.served},
+            "min_score": cfg.min_score, "max_upload_mb": cfg.max_upload_mb}
+
+
+@router.get("/v1/models", tags=["models"], **API)
+async def models(request: Request) -> dict:
+    """The loaded artifacts: architecture, cache settings, weights' SHA-256, gate thresholds."""
+    return request.app.state.service.versions
+
+
+@router.post("/v1/predict", tags=["predict"], response_model=PredictResponse,
+             openapi_extra={"requestBody": UPLOAD_BODY}, **API)
+async def predict(request: Request) -> JSONResponse:
+    """Predict one DICOM (or PNG/JPEG) sent as the multipart field ``file``."""
+    service, queue, store = request.app.state.service, request.app.state.queue, request.app.state.store
+    cfg = service.config
+    start = time.perf_counter()
+    queue.admit()  # QueueFull -> 503 before the body is read
+    folder = Path(tempfile.mkdtemp(prefix="cxrdet-serve-"))
+    try:
+        upload = await receive_upload(request.headers.get("content-type", ""), request.headers.get("content-length"),
+                                      request.stream(), folder, cfg.max_upload_bytes)
+        received = time.perf_counter()
+        sample = await queue.decode(upload_sample, upload, service.cache_settings,
+                                    service.predictor.wants_features, cfg.max_pixels)
+        decoded = time.perf_counter()
+        result, waited = await queue.predict(sample)
+        done = time.perf_counter()
+        request_id = new_request_id()
+        store.put(request_id, result)
+        timings = {"upload_ms": 1e3 * (received - start), "decode_ms": 1e3 * (decoded - received),
+                   "queue_ms": 1e3 * waited, "model_ms": 1e3 * (done - decoded - waited)}
+        body = response_body(result, request_id, service.versions, timings, cfg.conf)
+        body["timings"]["total_ms"] = round(1e3 * (time.perf_counter() - start), 2)
+        return JSONResponse(body)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        queue.release()
+
+
+@router.get("/v1/results/{request_id}/image.png", **PNG)
+async def display_image(request: Request, request_id: str) -> Response:
+    """The preprocessed image the detector saw (cache size, windowed), as PNG."""
+    import cv2
+
+    result = stored(request.app.state.store, request_id)
+    ok, buf = cv2.imencode(".png", result.sample.image)
+    return Response(buf.tobytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/v1/results/{request_id}/overlay.png", **PNG)
+async def overlay(request: Request, request_id: str, min_score: float = Query(None, ge=0.0, le=1.0),
+                  classes: str | None = Query(None, pattern=r"^[0-9,]*$")) -> Response:
+    """The overlay PNG, drawn by the code of ``cxrdet infer --vis-dir`` (from ``min_score``,
+    only ``classes``, e.g. ``0,3``, when given)."""
+    import numpy as np
+
+    from cxrdet.classes import NO_FINDING
+    from cxrdet.inference.overlay import overlay_png
+
+    result = stored(request.app.state.store, request_id)
+    try:
+        keep = class_filter(classes)
+    except ValueError as e:
+        raise UploadRejected(422, str(e)) from None
+    det = result.final
+    if keep is not None:
+        det = det.select(np.isin(det.class_ids, keep) | (det.class_ids == NO_FINDING))
+    score = request.app.state.service.config.min_score if min_score is None else min_score
+    png = overlay_png(result.sample.image, det, result.sample.orig_hw, score)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 def stored(store: ResultStore, request_id: str):
