@@ -127,6 +127,18 @@ def test_png_and_jpeg_uploads_are_predicted_at_their_own_size(client, artifacts)
         assert (r.json()["height"], r.json()["width"], r.json()["image_id"]) == (150, 120, "film")
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares a size in its IHDR chunk and holds no pixels (a decompression bomb's head)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 def _bad_uploads(tmp_path) -> dict[str, tuple[bytes, int, str]]:
     folder = tmp_path / "bad"
     reasons = write_bad_files(folder)
@@ -135,6 +147,8 @@ def _bad_uploads(tmp_path) -> dict[str, tuple[bytes, int, str]]:
     cases["huge.dicom"] = (huge.read_bytes(), 422, "exceeds the server's limit of 4,000,000 pixels")
     cases["noise.bin"] = (np.random.default_rng(0).bytes(4000), 422, "not a DICOM file")
     cases["cut.png"] = (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, 422, "not a readable PNG/JPEG")
+    cases["bomb.png"] = (_png_header(30000, 30000), 422, "image too large")  # Pillow's own bomb check
+    cases["wide.png"] = (_png_header(5000, 1000), 422, "5000 x 1000 = 5,000,000 pixels exceeds")
     cases["big.dicom"] = (b"\0" * (2 * 2**20), 413, "exceeds the server's limit of 1.0 MiB")
     return cases
 
@@ -145,6 +159,7 @@ def test_bad_uploads_get_a_4xx_json_reason_and_the_server_keeps_serving(client, 
         r = client.post("/v1/predict", files={"file": (name, data)})
         assert r.status_code == status, (name, r.text)
         assert reason in r.json()["detail"], (name, r.json())
+        assert "cxrdet-serve-" not in r.json()["detail"]  # no server path in an answer
         assert post(client, good).status_code == 200, name  # still serving after each bad one
 
 

@@ -154,7 +154,8 @@ def check_declared_picture_size(path: Path, max_pixels: int) -> None:
     except Image.DecompressionBombError as e:
         raise UploadRejected(422, f"image too large: {e}") from None
     except Exception as e:
-        raise UploadRejected(422, f"not a readable PNG/JPEG ({type(e).__name__}: {e})") from None
+        # the type only: Pillow's messages name the file, a server path the client must not see
+        raise UploadRejected(422, f"not a readable PNG/JPEG ({type(e).__name__})") from None
     if width * height > max_pixels:
         raise UploadRejected(422, f"declared image size {width} x {height} = {width * height:,} pixels exceeds "
                                   f"the server's limit of {max_pixels:,} pixels; refused before decoding")
@@ -186,4 +187,5 @@ def upload_sample(upload: Upload, settings, with_features: bool, max_pixels: int
         grey = read_picture(upload.path)
         return grey_sample(image_id, grey, grey.shape[:2], settings.size, with_features)
     except BadDicomError as e:
-        raise UploadRejected(422, f"not a usable DICOM (nor a PNG/JPEG): {e.reason}") from None
+        reason = e.reason.replace(str(upload.path), "the upload")  # no server path in an answer
+        raise UploadRejected(422, f"not a usable DICOM (nor a PNG/JPEG): {reason}") from None
