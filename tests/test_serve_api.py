@@ -4,8 +4,6 @@ the bounded queue, the result endpoints, local API docs."""
 
 from __future__ import annotations
 
-import io
-import json
 import tempfile
 
 import cv2

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -31,9 +30,9 @@ from cxrdet.device import torch_device
 from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
 from cxrdet.flags import RenamedFlag, add_device_flag
 from cxrdet.formats.failures import FailureLog, errors_path
-from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
+from cxrdet.formats.image_level import image_level_frame, write_image_level
 from cxrdet.inference.overlay import write_overlay
-from cxrdet.formats.provenance import model_record, write_provenance
+from cxrdet.formats.provenance import write_provenance
 from cxrdet.inference.sources import (
     CacheSource,
     DicomFolderSource,
