@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-cache": ("cxrdet.preprocess.merge", "combine shard caches into one HDF5 cache"),
     "split": ("cxrdet.split", "multilabel-stratified K-fold split of a label CSV"),
     "train": ("cxrdet.detector.train", "train the Faster R-CNN detector (Lightning, DDP)"),
+    "val": ("cxrdet.validate", "score a trained detector on its validation fold (no training)"),
     "train-gate": ("cxrdet.gate.train", "train the XGBoost normal/abnormal gate"),
     "infer": ("cxrdet.inference.infer", "batch inference -> submission CSV (+ overlays)"),
     "merge-submissions": ("cxrdet.inference.merge", "combine shard submissions into one CSV"),

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cxrdet.boxes import as_boxes
+from cxrdet.boxes import HW, as_boxes, clip_boxes, scale_boxes, valid_mask
 from cxrdet.classes import NO_FINDING, NORMAL_BOX
 from cxrdet.errors import UserError
 
 BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 DET_COLUMNS = ["image_id", "class_id", "score", *BOX_COLUMNS]
+MIN_BOX_PX = 1.0  # a submitted box must be at least one original pixel wide and high
 
 
 @dataclass
@@ -93,3 +94,17 @@ def detections_from_frame(det_df: pd.DataFrame, image_ids: Sequence[str] | None 
             g[BOX_COLUMNS].to_numpy(np.float64), g["score"].to_numpy(), g["class_id"].to_numpy()
         )
     return out
+
+
+def to_original(det: Detections, cache_hw: HW, orig_hw: HW) -> Detections:
+    """Map ``det`` from the cache image (``cache_hw``) to the original DICOM (``orig_hw``).
+
+    The one cache -> original mapping, used by validation and by ``cxrdet infer`` alike, so
+    ``val_map`` scores the boxes a submission would hold. The cache image of an original of size
+    ``orig_hw`` has size ``resized_hw(orig_hw, size)`` (:mod:`cxrdet.boxes`), so mapping back is
+    the anisotropic scale ``cache_hw -> orig_hw``; boxes are then clipped to the original image
+    and boxes that became degenerate (thinner than ``MIN_BOX_PX`` original pixels) are dropped.
+    """
+    boxes = clip_boxes(scale_boxes(det.boxes, cache_hw, orig_hw), orig_hw)
+    mapped = Detections(boxes, det.scores, det.class_ids)
+    return mapped.select(valid_mask(boxes, min_size=MIN_BOX_PX))

@@ -60,11 +60,45 @@ def test_runner_logs_the_command_and_stops_on_a_failed_step(tmp_path, capsys):
         run("bad", "evaluate", ["--gt", str(gt), "--pred", str(tmp_path / "missing.csv")])
 
 
+def _flag(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def _recorded_argvs(out, plan) -> dict[str, list[str]]:
+    """The argv of every step ``run_pipeline`` runs for ``plan`` (nothing is executed)."""
+    import json
+
+    import cxrdet.demo as demo
+
+    steps: dict[str, list[str]] = {}
+
+    def record(step, command, argv, ok=(0,)):
+        steps[step] = [str(a) for a in argv]
+
+    for sub in ("eval", "baseline"):
+        (out / sub).mkdir(parents=True)
+        (out / sub / "metrics.json").write_text(json.dumps({"map": 0.5, "map_no14": 0.4, "n_images": 3}))
+    record.out = out
+    args = demo.get_args_parser().parse_args(["--out", str(out), "--device", "cpu"])
+    saved = demo.fold_labels, demo.write_all_normal
+    demo.fold_labels, demo.write_all_normal = (lambda *a: a[-1]), (lambda *a: a[-1])
+    try:
+        demo.run_pipeline(args, plan, record)
+    finally:
+        demo.fold_labels, demo.write_all_normal = saved
+    return steps
+
+
 def test_quick_plan_is_smaller_and_bad_usage_exits_2(tmp_path, capsys):
-    full = DemoPlan()
-    assert QUICK.n_train < full.n_train and QUICK.steps < full.steps
-    (tmp_path / "x.txt").write_text("not a demo folder")
-    assert cli(["demo", "--out", str(tmp_path)]) == 2
+    # the commands the quick demo runs ask for fewer images and steps than the full demo's
+    argvs = {name: _recorded_argvs(tmp_path / name, plan) for name, plan in (("full", DemoPlan()), ("quick", QUICK))}
+    for step, flag in (("synthetic data", "--n-train"), ("train detector", "--max-steps")):
+        full, quick = (float(_flag(argvs[name][step], flag)) for name in ("full", "quick"))
+        assert quick < full, (step, flag)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x.txt").write_text("not a demo folder")
+    assert cli(["demo", "--out", str(foreign)]) == 2
     assert "not made by `cxrdet demo`" in capsys.readouterr().err
 
 

@@ -103,9 +103,21 @@ def test_fused_ground_truth_changes_the_score(files, tmp_path):
     assert report["per_class"]["0"] == pytest.approx(2 / 3)  # envelope 2/3 over recall 0..1
 
 
-def test_voc_match_option(files, tmp_path):
-    code, report = run(files, tmp_path, "--match", "voc")
-    assert code == 0 and report["match"] == "voc"
+def test_voc_and_unmatched_matching_give_their_golden_aps(tmp_path):
+    # Two overlapping readers' boxes A, B (IoU 0.82). The first detection is A itself; the second
+    # overlaps A by 0.96 (taken) and B by 0.85. 'unmatched' gives it B: 2 TPs, AP 1. 'voc' sends it
+    # to A, its best box, already taken: a false positive, so precision 1 only up to recall 1/2.
+    gt = tmp_path / "gt.csv"
+    gt.write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+                  "x,Aortic enlargement,0,R1,0,0,100,100\nx,Aortic enlargement,0,R2,10,0,110,100\n")
+    pred = tmp_path / "pred.csv"
+    pred.write_text("image_id,PredictionString\nx,0 0.9 0 0 100 100 0 0.8 2 0 102 100\n")
+    aps = {}
+    for mode in ("unmatched", "voc"):
+        out = tmp_path / f"{mode}.json"
+        assert cli_main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--match", mode, "--json", str(out)]) == 0
+        aps[mode] = json.loads(out.read_text())["per_class"]["0"]
+    assert aps == {"unmatched": pytest.approx(1.0), "voc": pytest.approx(0.5)}
 
 
 @pytest.mark.parametrize("which, text, where", [

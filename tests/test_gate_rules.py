@@ -7,11 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from cxrdet.detections import Detections
-from cxrdet.detections import normal_detection
+from cxrdet.detections import Detections, detections_to_frame, normal_detection
 from cxrdet.gate.rules import apply_gate, tune_thresholds
 from label_fixtures import labels_frame
-from cxrdet.metrics import detections_to_frame, evaluate_detections
+from cxrdet.metrics import evaluate_detections
 
 BOX = [10.0, 10.0, 50.0, 50.0]
 

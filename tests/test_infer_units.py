@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cxrdet.boxes import resized_hw
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, to_original
 from cxrdet.errors import UserError
 from cxrdet.formats.image_level import (
     IMAGE_LEVEL_COLUMNS,
@@ -19,7 +19,6 @@ from cxrdet.formats.image_level import (
     read_image_level,
     write_image_level,
 )
-from cxrdet.inference.mapping import to_original
 from cxrdet.inference.overlay import draw_overlay, write_overlay
 from cxrdet.inference.sources import (
     PngFolderSource,

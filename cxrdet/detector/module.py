@@ -7,7 +7,11 @@ DistributedSampler padding duplicates collapse by image id (the first copy is ke
 computes the score once and broadcasts only the scores, so every rank logs the same number.
 Never an average of per-rank scores.
 
-Boxes are scored in ORIGINAL DICOM pixels against the fused validation labels. Class 14
+Boxes are scored in ORIGINAL DICOM pixels against the fused validation labels, mapped from the
+cache by :func:`cxrdet.detections.to_original` (the function ``cxrdet infer`` maps with: scaled,
+clipped to the image, sub-pixel boxes dropped). Only the images predicted this epoch are scored:
+with ``--limit-val-batches`` below 1 the ground truth shrinks to those images (under DDP to the
+union of the gathered ids), so a limited validation is a smaller fold, not missed images. Class 14
 ("No finding") is added to every image with the box (0, 0, 1, 1) and score
 ``1 - max finding score`` (1 when the detector finds nothing), so the number is comparable to the
 competition metric, where class 14 is one of the 15 scored classes.
@@ -22,9 +26,8 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
-from cxrdet.boxes import scale_boxes
 from cxrdet.classes import CLASS_NAMES
-from cxrdet.detections import Detections, normal_detection
+from cxrdet.detections import Detections, normal_detection, to_original
 from cxrdet.detector.config import DetectorConfig
 from cxrdet.detector.model import build_detector, load_pretrained
 from cxrdet.detector.predict import outputs_to_detections
@@ -44,6 +47,22 @@ def with_no_finding(det: Detections) -> Detections:
     """Add the class-14 call ``(0, 0, 1, 1)`` scored ``1 - max finding score``."""
     score = 1.0 - (float(det.scores.max()) if len(det) else 0.0)
     return Detections.concat([det, normal_detection(score)])
+
+
+def score_predictions(val_gt, per_image: dict[str, Detections]):
+    """The validation metric (a ``MetricResult``) of ``per_image`` (original pixels, no class 14).
+
+    Scores exactly the predicted images: ``val_gt`` is restricted to ``per_image``'s ids, so a
+    limited validation (part of the fold) is a smaller ground truth, not images counted as
+    missed. Each image gets its class-14 call (:func:`with_no_finding`). ``cxrdet val`` scores
+    with this function too.
+    """
+    from cxrdet.detections import detections_to_frame
+    from cxrdet.metrics import evaluate_detections
+
+    gt = val_gt[val_gt["image_id"].isin(set(per_image))].reset_index(drop=True)
+    det = detections_to_frame({k: with_no_finding(v) for k, v in per_image.items()})
+    return evaluate_detections(gt, det, pred_image_ids=list(per_image))
 
 
 def _finite(x: float) -> float:
@@ -91,8 +110,8 @@ class DetectorModule(pl.LightningModule):
         images, targets = batch
         outputs = self(images)
         for det, im, t in zip(outputs_to_detections(outputs), images, targets):
-            orig = det.boxes if len(det) == 0 else scale_boxes(det.boxes, tuple(im.shape[-2:]), tuple(t["orig_hw"].tolist()))
-            self._val_preds[t["image_id"]] = (orig.astype(np.float64), det.scores, det.class_ids)
+            orig = to_original(det, tuple(im.shape[-2:]), tuple(t["orig_hw"].tolist()))
+            self._val_preds[t["image_id"]] = (orig.boxes, orig.scores, orig.class_ids)
 
     def gathered_predictions(self) -> dict[str, Detections] | None:
         """This epoch's validation detections of every rank, one entry per image id, on rank 0.
@@ -129,11 +148,7 @@ class DetectorModule(pl.LightningModule):
 
     def score(self, per_image: dict[str, Detections]) -> dict:
         """Competition mAP@0.4 of ``per_image`` (original pixels) against the validation labels."""
-        from cxrdet.metrics import detections_to_frame, evaluate_detections
-
-        gt = self.trainer.datamodule.table.val_gt
-        det = detections_to_frame({k: with_no_finding(v) for k, v in per_image.items()})
-        res = evaluate_detections(gt, det, pred_image_ids=list(per_image))
+        res = score_predictions(self.trainer.datamodule.table.val_gt, per_image)
         per_class = {int(k): float(v) for k, v in res.per_class.items() if np.isfinite(v)}
         # NaN only when the fold has no ground truth at all; 0 keeps checkpoint ranking sane.
         return {"map": _finite(res.map), "map_no14": _finite(res.map_no14), "per_class": per_class,

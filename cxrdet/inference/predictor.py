@@ -2,7 +2,7 @@
 batch command and for ``cxrdet serve``.
 
 Samples (cache-size images from :mod:`cxrdet.inference.sources`) -> every detector and TTA view,
-fused with WBF (cache pixels) -> ORIGINAL pixels, clipped (:func:`mapping.to_original`) -> the
+fused with WBF (cache pixels) -> ORIGINAL pixels, clipped (:func:`cxrdet.detections.to_original`) -> the
 gate's P(abnormal) from the feature groups it was trained with -> the gate rules -> one
 :class:`ImageResult` per image. A failure lists the images it hit (``BatchResult.failures``) and
 the others still come back, so one bad image never costs the rest of its batch.
@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.classes import NO_FINDING
-from cxrdet.detections import Detections
+from cxrdet.detections import Detections, to_original
 from cxrdet.errors import UserError, failure_reason
 from cxrdet.formats.image_level import image_level_row
 from cxrdet.formats.provenance import model_record
-from cxrdet.inference.mapping import to_original
 from cxrdet.inference.sources import Sample
 from cxrdet.inference.tta import FusionConfig, predict_fused, views
 
