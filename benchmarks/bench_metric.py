@@ -1,10 +1,10 @@
 """mAP@0.4 speed and agreement: cxrdet.metrics vs map-boxes (baseline) vs pycocotools.
 
 One synthetic VinBigData-like test set (3,000 images, ~30% abnormal, class mix of
-VINBIGDATA.md, ~50,000 detections: jittered true positives, duplicates, random false positives
+docs/dataset.md, ~50,000 detections: jittered true positives, duplicates, random false positives
 and a class-14 row per image) is scored in this process by
 
-* cxrdet (DESIGN.md rule: best *unmatched* box; and ``match="voc"``, the devkit rule),
+* cxrdet (default rule: best *unmatched* box; and ``match="voc"``, the devkit rule),
 * map-boxes ``mean_average_precision_for_boxes`` (detections sorted by confidence first; it
   matches with IoU >= thr, so it gets ``nextafter(0.4, 1)`` to mean IoU > 0.4),
 * pycocotools COCOeval with ``iouThrs=[0.4]`` (101-point interpolation, 100 detections per image).
@@ -17,7 +17,7 @@ and the conversion of the shared frames into its own input format (map-boxes' ar
 pycocotools' dicts) done before the clock starts; cxrdet's time includes building its ground
 truth from the label frame. Prints each time, the speed-up over map-boxes, and each mAP's
 difference from map-boxes: 0 within 1e-9 for ``match="voc"`` (the same rule); the default
-DESIGN.md rule differs slightly, because it lets a detection whose best box is taken match
+default rule differs slightly, because it lets a detection whose best box is taken match
 another unmatched box (counted below). Then times the whole ``cxrdet evaluate`` command (a
 subprocess: interpreter start, CSV parsing, scoring, JSON) on the same set written as CSVs.
 
@@ -26,7 +26,7 @@ subprocess: interpreter start, CSV parsing, scoring, JSON) on the same set writt
 Measured 2026-11-23 on the 2-core dev box (3,000 images, 50,505 detections, best of 5):
 cxrdet 0.038 s (voc rule 0.036 s), map-boxes 0.411 s, pycocotools 3.61 s: 10.9x (11.5x) faster
 than map-boxes; voc-rule mAP equals map-boxes' within 1.1e-16, the default rule is 1.55e-4
-higher (2 detections TP under DESIGN.md's rule, FP under VOC's); pycocotools 7.5e-4 lower.
+higher (2 detections TP under the default rule, FP under VOC's); pycocotools 7.5e-4 lower.
 The whole `cxrdet evaluate` command on the same CSVs: 0.53 s.
 """
 
@@ -53,7 +53,7 @@ from cxrdet.detections import DET_COLUMNS, Detections
 from cxrdet.metrics import GroundTruth, evaluate_detections, match_detections
 from cxrdet.formats.submission import write_submission
 
-# Images marked by >= 2 of 3 readers per finding (VINBIGDATA.md): the test-set class mix.
+# Images marked by >= 2 of 3 readers per finding (docs/dataset.md): the test-set class mix.
 CLASS_FREQ = np.array([2346, 62, 177, 1817, 121, 152, 245, 547, 405, 362, 634, 882, 58, 1017], float)
 MULTI_BOX = {2, 7, 8, 9, 10, 11, 13}  # findings that often come as several boxes per image
 
@@ -198,7 +198,7 @@ def explain_rule_difference(gt, det) -> None:
     unmatched, voc = match_detections(*args, match="unmatched"), match_detections(*args, match="voc")
     key = g.cls * len(g.image_ids) + g.img
     multi = np.unique(key, return_counts=True)[1] > 1
-    print(f"rule difference: {int((unmatched & ~voc).sum())} detection(s) are TP under DESIGN.md's rule "
+    print(f"rule difference: {int((unmatched & ~voc).sum())} detection(s) are TP under the default rule "
           f"and FP under the VOC/map-boxes rule ({int((voc & ~unmatched).sum())} the other way): each "
           "one's highest-IoU box was already matched while another box of the same class and image "
           f"overlapped it by > 0.4. Only images holding several boxes of one class can differ "
@@ -210,7 +210,7 @@ def time_evaluators(gt, det, repeat: int) -> list[tuple[str, float, float]]:
     mab = load_map_boxes()
     ann, pred = map_boxes_inputs(gt, det)
     coco = coco_inputs(gt, det)
-    runs = [("cxrdet (DESIGN.md: best unmatched box)", lambda: run_cxrdet(gt, det, "unmatched")),
+    runs = [("cxrdet (best unmatched box)", lambda: run_cxrdet(gt, det, "unmatched")),
             ("cxrdet match='voc' (devkit rule)", lambda: run_cxrdet(gt, det, "voc")),
             ("map-boxes (baseline, sorted, IoU > 0.4)", lambda: run_map_boxes(mab, ann, pred)),
             ("pycocotools iouThrs=[0.4]", lambda: run_pycocotools(*coco))]

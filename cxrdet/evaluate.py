@@ -1,4 +1,4 @@
-"""``cxrdet evaluate``: score a submission CSV with the competition's mAP@0.4 (DESIGN.md §5).
+"""``cxrdet evaluate``: score a submission CSV with the competition's mAP@0.4.
 
 Prints a per-class table (class, ground-truth boxes, detections, AP and, with
 ``--image-level``, the image-level ROC AUC), writes the JSON report with ``--json`` and the
@@ -111,7 +111,7 @@ def format_table(result: MetricResult, auc: dict | None = None) -> str:
             row += " " + _fmt(auc["per_class"].get(c, math.nan) if c < NO_FINDING else auc["abnormal"])
         lines.append(row)
     lines.append("-" * len(head))
-    # the means cover only classes with ground truth (DESIGN.md §5): say how many there were
+    # the means cover only classes with ground truth: say how many there were
     n_all = sum(result.n_gt[c] > 0 for c in range(NUM_CLASSES))
     n_find = sum(result.n_gt[c] > 0 for c in range(NO_FINDING))
     lines.append(f"{f'mAP@{result.iou_thr:g} ({_classes(n_all)} with ground truth)':<40} {_fmt(result.map, 10)}")

@@ -1,4 +1,4 @@
-"""The competition metric (DESIGN.md §5): PASCAL VOC 2010 all-point AP at IoU > 0.4, 15 classes.
+"""The competition metric: PASCAL VOC 2010 all-point AP at IoU > 0.4, 15 classes.
 
 Definition, per class:
 
@@ -8,12 +8,12 @@ Definition, per class:
   normal image, not three boxes). This holds on a *mixed* image too, where one reader wrote
   "No finding" and another marked a finding: it gets both the finding's box and the class-14
   box, so a class-14 prediction there is a true positive and its absence a missed box. That is
-  DESIGN.md §5's "ground truth is used as given"; resolving such images is a choice made before
+  "ground truth is used as given"; resolving such images is a choice made before
   the metric (:func:`cxrdet.fusion.fuse_readers`, ``cxrdet evaluate --fuse-gt``: a fused image
   keeps class 14 only when no finding box survives), never inside it.
 * Detections of all images are sorted by confidence, descending; ties keep their input order
   (a stable sort, as the VOC devkit's MATLAB ``sort``).
-* ``match="unmatched"`` (DESIGN.md, the default): each detection is matched to the *still
+* ``match="unmatched"`` (the default): each detection is matched to the *still
   unmatched* ground-truth box of its image with the highest IoU; a match needs IoU > iou_thr
   (strictly: IoU exactly 0.4 is not a match). Once all boxes it overlaps are taken, a
   detection is a false positive (a duplicate).
@@ -75,7 +75,7 @@ class MetricResult:
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        """DESIGN.md §5 JSON (NaN -> null), plus counts, class names and warnings."""
+        """The report JSON (NaN -> null), plus counts, class names and warnings."""
         return json_ready({
             "map": self.map,
             "map_no14": self.map_no14,

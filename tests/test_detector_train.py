@@ -177,13 +177,24 @@ def test_bf16_mixed_cpu_run(data, tmp_path, monkeypatch):
     assert (run / "export/model.pt").is_file()
 
 
-def test_entry_script_help_lists_the_key_flags():
-    proc = subprocess.run([sys.executable, str(REPO / "train_detector.py"), "--help"], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    for flag in ("--out", "--cache", "--labels", "--folds", "--fold", "--devices", "--num-nodes", "--strategy",
-                 "--precision", "--weights", "--resume [auto]", "--lr", "--batch-size", "--sync-batchnorm"):
-        assert flag in proc.stdout, flag
+def test_entry_script_runs_the_same_main_as_cxrdet_train(data, tmp_path):
+    """train_detector.py and `cxrdet train` refuse a missing cache with the same message and exit 2."""
+    missing = tmp_path / "missing.h5"
+    argv = cli_args(data, tmp_path / "run", "--epochs", "1")[1:]
+    argv[argv.index("--cache") + 1] = str(missing)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    results = {}
+    for name, cmd in (("train_detector.py", [str(REPO / "train_detector.py")]), ("cxrdet train", ["-m", "cxrdet", "train"])):
+        proc = subprocess.run([sys.executable, *cmd, *argv], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path, env=env)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        line = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"{name}: error: ")]
+        assert line, proc.stderr[-2000:]
+        results[name] = line[0][len(f"{name}: error: "):]
+    assert results["train_detector.py"] == results["cxrdet train"]
+    assert f"cache file {missing} does not exist" in results["cxrdet train"]
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.ckpt"))
 
 
 @pytest.mark.slow

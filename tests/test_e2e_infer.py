@@ -194,7 +194,7 @@ def test_ids_that_would_escape_the_overlay_folder_are_refused(pipe, tmp_path, ca
     assert not (tmp_path / "sub.csv").exists() and not list(tmp_path.glob("deep/*.png"))
 
 
-# --- gate rules (DESIGN.md §6) row by row ----------------------------------------------------
+# --- gate rules (low/high thresholds: see cxrdet/gate/rules.py) row by row ----------------------------------------------------
 
 def _groups(prediction_string: str) -> list[tuple[str, ...]]:
     tokens = prediction_string.split()

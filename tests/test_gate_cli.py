@@ -201,11 +201,6 @@ def test_abnormal_rule_any_versus_majority():
     assert abnormal_targets(labels, "majority").to_dict() == {"a": 0, "b": 1, "c": 0}
 
 
-def test_help_documents_out_of_fold_requirement():
-    text = get_args_parser().format_help()
-    assert "OUT-OF-FOLD" in text and "--detector-run" in text
-
-
 def test_read_detections_from_det_csv_and_refuses_gated_submissions(tmp_path):
     det_csv = tmp_path / "dets.csv"
     det_csv.write_text("image_id,class_id,score,x_min,y_min,x_max,y_max\n"

@@ -1,4 +1,4 @@
-"""Gate rules (DESIGN.md §6) at the exact thresholds, and threshold tuning."""
+"""Gate rules (low/high thresholds: see cxrdet/gate/rules.py) at the exact thresholds, and threshold tuning."""
 
 from __future__ import annotations
 

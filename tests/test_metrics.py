@@ -1,4 +1,4 @@
-"""mAP@0.4 (DESIGN.md §5): hand-computed golden values and a naive reference loop."""
+"""mAP@0.4: hand-computed golden values and a naive reference loop."""
 
 from __future__ import annotations
 
@@ -108,8 +108,8 @@ def test_class_14_one_box_per_normal_image_and_literal_iou():
 
 
 def test_mixed_image_keeps_both_its_finding_and_its_class_14_box():
-    # m: reader R1 said "No finding", R2 marked a finding. Labels are used as given (DESIGN.md
-    # §5), so m has a class-0 box AND a class-14 box; n is a plain normal image.
+    # m: reader R1 said "No finding", R2 marked a finding. Labels are used as given (see
+    # cxrdet/metrics.py), so m has a class-0 box AND a class-14 box; n is a plain normal image.
     gt = [{"image_id": "m", "class_id": 14, "rad_id": "R1"}, {**gt_box("m", 0, BOX), "rad_id": "R2"},
           {"image_id": "n", "class_id": 14, "rad_id": "R1"}]
     both = [("m", 14, 0.8, 0, 0, 1, 1), ("m", 0, 0.7, *BOX), ("n", 14, 0.6, 0, 0, 1, 1)]
@@ -125,7 +125,7 @@ def test_unmatched_rule_versus_voc_rule():
     # Overlapping boxes of one class: the second detection's best box is taken.
     gt = [gt_box("a", 0, BOX), gt_box("a", 0, (2, 0, 12, 10))]
     det = [("a", 0, 0.9, *BOX), ("a", 0, 0.8, 0.5, 0, 10.5, 10)]
-    assert score(gt, det).per_class[0] == 1.0  # DESIGN.md: best UNMATCHED box
+    assert score(gt, det).per_class[0] == 1.0  # the default rule: best UNMATCHED box
     assert score(gt, det, match="voc").per_class[0] == pytest.approx(0.5)  # VOC devkit
 
 

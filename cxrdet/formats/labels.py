@@ -1,4 +1,4 @@
-"""The VinBigData label CSV (DESIGN.md §3): reading with validation, and per-image views.
+"""The VinBigData label CSV: reading with validation, and per-image views.
 
 A label frame has the columns :data:`LABEL_COLUMNS`, one row per box per reader, coordinates in
 original DICOM pixels (see :mod:`cxrdet.boxes`). "No finding" rows (class_id 14) carry NaN

@@ -1,4 +1,4 @@
-"""Kaggle submission CSV (DESIGN.md §4): PredictionString formatting, parsing, atomic writing.
+"""Kaggle submission CSV: PredictionString formatting, parsing, atomic writing.
 
 ``image_id,PredictionString``, every image exactly once; a PredictionString is groups of six
 tokens ``class_id confidence x_min y_min x_max y_max`` in ORIGINAL DICOM pixels. Class-14 rows

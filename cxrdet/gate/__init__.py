@@ -1,4 +1,4 @@
-"""The normal/abnormal gate (DESIGN.md §6): P(abnormal) per image from metadata, pixel
+"""The normal/abnormal gate (low/high thresholds: see cxrdet/gate/rules.py): P(abnormal) per image from metadata, pixel
 statistics and, optionally, the detector's own out-of-fold evidence.
 
 - :mod:`cxrdet.gate.features`: ``build_features(meta_df, pixel_df, detections)`` (training and

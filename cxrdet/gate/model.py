@@ -184,7 +184,7 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         return (self.p_abnormal(X) >= 0.5).astype(np.int64)
 
     def set_thresholds(self, low: float, high: float, source: str) -> "GateClassifier":
-        """The gate thresholds saved with the model (DESIGN.md §6); ``source`` says why."""
+        """The gate thresholds saved with the model (low/high thresholds: see cxrdet/gate/rules.py); ``source`` says why."""
         if not (np.isfinite(low) and np.isfinite(high) and 0.0 <= low < high):
             # high > 1 is allowed: it means "never boxes only" (always hedge with class 14)
             raise UserError(f"gate thresholds need 0 <= low < high, got low={low}, high={high}")

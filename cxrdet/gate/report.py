@@ -26,7 +26,7 @@ ZONES = ("normal_only", "hedged", "boxes_only")  # p < low, low <= p < high, p >
 def zone_confusion(y: np.ndarray, p: np.ndarray, low: float, high: float) -> dict:
     """Truth (normal/abnormal) x gate zone counts at the given thresholds.
 
-    ``normal_only`` is the zone where the gate drops every box (DESIGN.md §6), so
+    ``normal_only`` is the zone where the gate drops every box (low/high thresholds: see cxrdet/gate/rules.py), so
     ``abnormal_silenced`` is the costly error; ``boxes_only`` on a normal image loses the
     class-14 call.
     """

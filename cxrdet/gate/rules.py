@@ -1,4 +1,4 @@
-"""The 2-class filter's rules (DESIGN.md §6) and the grid search for its thresholds.
+"""The 2-class filter's rules (low/high thresholds: see cxrdet/gate/rules.py) and the grid search for its thresholds.
 
 With p = P(abnormal) and thresholds ``low < high``:
 

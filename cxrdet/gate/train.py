@@ -196,7 +196,7 @@ def run_ablation(args, X: pd.DataFrame, y: np.ndarray, gate: GateClassifier) -> 
 
 
 def choose_thresholds(args, gate: GateClassifier, dets, p_oof: pd.Series, labels: pd.DataFrame) -> dict:
-    """Tune low/high on the OOF P(abnormal) with the detections; else DESIGN.md defaults."""
+    """Tune low/high on the OOF P(abnormal) with the detections; else the default thresholds (0.08 / 0.95)."""
     info: dict = {}
     low, high = DEFAULT_LOW, DEFAULT_HIGH
     source = "the standard defaults: no --detections given, so nothing to tune on"

@@ -2,7 +2,7 @@
 
 inputs (DICOM folder | HDF5 cache | PNGs + sizes CSV) -> DataLoader (workers) -> detector(s),
 optional hflip TTA, fused with WBF (cache pixels) -> ORIGINAL DICOM pixels, clipped -> gate
-(DESIGN.md §6, stored thresholds unless overridden) -> submission (atomic, every image once),
+(cxrdet/gate/rules.py, stored thresholds unless overridden) -> submission (atomic, every image once),
 plus an image-level CSV, overlays, an errors CSV and a provenance record (which detector
 artifacts, trained on which folds, predicted which images: :mod:`cxrdet.formats.provenance`).
 

@@ -1,4 +1,4 @@
-"""The HDF5 image cache (DESIGN.md §7): settings, atomic resumable writer, fork-safe reader.
+"""The HDF5 image cache: settings, atomic resumable writer, fork-safe reader.
 
 Layout: ``/images/<image_id>`` uint8 ``[h, w]`` with attrs ``orig_height``, ``orig_width``
 (and ``meta``/``features``: the image's META.csv and feature rows as JSON, so the CSVs can be

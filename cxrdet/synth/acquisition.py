@@ -1,7 +1,7 @@
 """How each synthetic image is "acquired": size, vendor, bit depth, photometric, rescale,
 window / VOI LUT, transfer syntax, and the mapping from the display image to stored values.
 
-The mixes follow VINBIGDATA.md (sizes, 12-16 bits, both photometrics, some JPEG 2000). Values
+The mixes follow docs/dataset.md (sizes, 12-16 bits, both photometrics, some JPEG 2000). Values
 that a small test set must all contain (both photometrics, several bit depths, each transfer
 syntax) are dealt out by quota rather than drawn independently, so even 10 images show the
 variety; the order is then shuffled.

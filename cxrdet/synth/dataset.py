@@ -3,7 +3,7 @@
 Layout written under ``out_dir``::
 
     train/<image_id>.dicom   test/<image_id>.dicom
-    train.csv   3 readers per image (DESIGN.md §3)
+    train.csv   3 readers per image
     test.csv    consensus labels, rad_id "consensus"
     synth_config.json   the settings that made it (rerun them for the same bytes)
 """

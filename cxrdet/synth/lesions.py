@@ -1,4 +1,4 @@
-"""Class-dependent lesions: where each finding sits and how it looks (VINBIGDATA.md).
+"""Class-dependent lesions: where each finding sits and how it looks (docs/dataset.md).
 
 Every renderer draws an additive change (``delta``) to the display image and a soft ``mask``
 of the lesion's extent; the label box is the extent of ``mask >= 0.5``, so boxes describe what

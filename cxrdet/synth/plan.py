@@ -13,7 +13,7 @@ import numpy as np
 
 from cxrdet.synth.acquisition import Acquisition, quota, sample_acquisitions
 
-# images marked by at least 2 of 3 readers per class (VINBIGDATA.md), class_id order
+# images marked by at least 2 of 3 readers per class (docs/dataset.md), class_id order
 CLASS_COUNTS = np.array([2346, 62, 177, 1817, 121, 152, 245, 547, 405, 362, 634, 882, 58, 1017], float)
 CLASS_FLOOR = 0.025  # share every class gets at least, so rare classes show up in small sets
 FINDINGS_PER_IMAGE = {1: 0.35, 2: 0.3, 3: 0.2, 4: 0.15}  # abnormal images carry 1-4 findings
