@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("cxrdet.inference.classify", "image-level class probabilities from trained classifier(s)"),
     "merge-probabilities": ("cxrdet.inference.merge_probabilities", "combine shard probability CSVs of classify"),
     "listen": ("cxrdet.dicomout.listen", "DICOM node: receive CR/DX images, write an SR each (+ forward)"),
+    "serve": ("cxrdet.serve.command", "web page + HTTP API for one image at a time (same code as infer)"),
     "evaluate": ("cxrdet.evaluate", "score a submission with the competition's mAP@0.4"),
     "evaluate-classifier": ("cxrdet.classifier.evaluate", "score a probability CSV (AUROC with CI, calibration, ...)"),
     "export-labels": ("cxrdet.ecosystem.export_labels", "fused training boxes + fold split as COCO or YOLO"),

@@ -20,6 +20,7 @@ from cxrdet.detector.data import DetectorDataModule, load_table
 from cxrdet.detector.module import DetectorModule, with_no_finding
 from cxrdet.formats.labels import read_labels
 from cxrdet.inference.infer import Outputs, get_args_parser, process_batch
+from cxrdet.inference.predictor import Predictor
 from cxrdet.inference.sources import Sample
 from cxrdet.metrics import MetricWarning, evaluate_detections
 
@@ -60,7 +61,7 @@ def test_validation_and_infer_map_one_model_output_to_the_same_boxes():
 
     out = Outputs()
     args = get_args_parser().parse_args(["--model", "unused", "--cache", "unused", "--out", "unused"])
-    process_batch([Sample("a", image, orig_hw, {}, {})], [FixedOutput(raw).eval()], None, args, out)
+    process_batch([Sample("a", image, orig_hw, {}, {})], Predictor([FixedOutput(raw).eval()]), args, out)
     inf = out.predictions["a"]
 
     np.testing.assert_allclose(val.boxes, [[200, 100, 600, 500], [0, 800, 1920, 1200]])

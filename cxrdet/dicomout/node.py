@@ -40,6 +40,7 @@ from cxrdet.formats import atomic
 from cxrdet.formats.failures import FailureLog, read_failures
 from cxrdet.formats.image_level import image_level_frame, read_image_level, write_image_level
 from cxrdet.inference.infer import Outputs, process_batch
+from cxrdet.inference.predictor import Predictor
 from cxrdet.inference.sources import DicomFolderSource, ImageSource
 
 
@@ -93,16 +94,20 @@ class BatchSource(DicomFolderSource):
 
 @dataclass
 class Pipeline:
-    """Loaded models and the infer arguments ``process_batch`` reads (TTA, WBF IoU, ...)."""
+    """The loaded prediction (``cxrdet infer``'s :class:`Predictor`) and the infer arguments
+    ``process_batch`` reads (overlays, --conf, ...)."""
 
-    models: list
+    predictor: Predictor  # detectors + gate + TTA/WBF settings
     settings: object  # CacheSettings of the detectors
-    gate: object | None  # inference.infer.GateRuntime
     args: object  # argparse.Namespace with infer's fields
 
     @property
+    def gate(self):
+        return self.predictor.gate
+
+    @property
     def with_features(self) -> bool:
-        return self.gate is not None and "pixel" in self.gate.groups
+        return self.predictor.wants_features
 
 
 class Worker(threading.Thread):
@@ -181,7 +186,7 @@ class Worker(threading.Thread):
         good = [s for s in samples if s.error is None]
         if good:
             with torch.inference_mode():
-                process_batch(good, self.pipeline.models, self.pipeline.gate, self.pipeline.args, out)
+                process_batch(good, self.pipeline.predictor, self.pipeline.args, out)
         self._report(ready, out.failures)
 
     def _build(self, path: Path, dets, row: dict):

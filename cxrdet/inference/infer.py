@@ -21,23 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cxrdet.boxes import HW
-from cxrdet.classes import NO_FINDING
-from cxrdet.detections import Detections, to_original
+from cxrdet.detections import Detections
 from cxrdet.device import torch_device
 from cxrdet.errors import InputFailure, UserError, failure_reason, safe_child
 from cxrdet.flags import RenamedFlag, add_device_flag
 from cxrdet.formats.failures import FailureLog, errors_path
-from cxrdet.formats.image_level import image_level_frame, image_level_row, write_image_level
+from cxrdet.formats.image_level import image_level_frame, write_image_level
 from cxrdet.inference.overlay import write_overlay
-from cxrdet.inference.runtime import RUNTIMES, load_predictor, predict_fn
-from cxrdet.formats.provenance import model_record, write_provenance
+from cxrdet.inference.runtime import RUNTIMES
+from cxrdet.formats.provenance import write_provenance
 from cxrdet.inference.sources import (
     CacheSource,
     DicomFolderSource,
@@ -49,7 +46,16 @@ from cxrdet.inference.sources import (
     select_shard,
     uncollate,
 )
-from cxrdet.inference.tta import TTA_CHOICES, FusionConfig, predict_fused
+from cxrdet.inference import predictor
+from cxrdet.inference.predictor import (
+    GateRuntime,
+    ImageResult,
+    PredictSettings,
+    Predictor,
+    keep_confident,
+    load_detectors,
+)
+from cxrdet.inference.tta import TTA_CHOICES, FusionConfig
 
 INTERRUPT_NOTE = ("the submission is written only at the end, so none was (overlays drawn so far are "
                   "kept); a rerun starts over")
@@ -104,24 +110,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class GateRuntime:
-    """A loaded gate, the thresholds in force and the feature groups its schema wants."""
-
-    classifier: object
-    low: float
-    high: float
-    groups: frozenset[str]  # subset of {"metadata", "pixel", "detector"}
-
-
-@dataclass
 class Outputs:
     """Everything a run produced, keyed by image_id."""
 
     predictions: dict[str, Detections] = field(default_factory=dict)
     orig_sizes: dict[str, HW] = field(default_factory=dict)
     image_level: list[dict] = field(default_factory=list)
-    classifier_probs: dict[str, dict[str, float]] = field(default_factory=dict)  # id -> clf_<class> -> p
     failures: FailureLog = field(default_factory=FailureLog)
+    classifier_probs: dict[str, dict[str, float]] = field(default_factory=dict)  # id -> clf_<class> -> p
     # called per image with (sample, submitted detections, image-level row) before it is recorded,
     # e.g. to write a DICOM SR; commands above this package inject it (see main)
     on_record: Callable[[Sample, Detections, dict], None] | None = None
@@ -133,12 +129,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--png-dir needs --png-sizes CSV (image_id,dim0,dim1 of the original DICOM sizes)")
     if args.png_sizes and not args.png_dir:
         raise UserError("--png-sizes only applies with --png-dir")
+    if getattr(args, "classifier", None) and not args.image_level_out:
+        raise UserError("--classifier adds columns to the image-level CSV: it needs --image-level-out")
     if (args.low is not None or args.high is not None) and not args.gate:
         raise UserError("--low/--high override the gate's thresholds: they need --gate")
     if (args.folds is None) != (args.fold is None):
         raise UserError("--folds and --fold go together (predict the images of one fold)")
-    if getattr(args, "classifier", None) and not args.image_level_out:
-        raise UserError("--classifier adds columns to the image-level CSV: it needs --image-level-out")
     if args.batch_size < 1 or args.workers < 0:
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if not 0 < args.wbf_iou < 1:
@@ -150,54 +146,8 @@ def check_args(args: argparse.Namespace) -> None:
                         f"{args.device} or use --runtime torch")
 
 
-def keep_confident(dets: Detections, conf: float | None) -> Detections:
-    """The submission's share of ``dets``: findings scoring at least ``conf`` and every class-14 row.
-
-    Class-14 rows are the gate's call (``14 1`` or ``14 (1-p)``), not a detector score to threshold.
-    """
-    if conf is None:
-        return dets
-    return dets.select((dets.scores >= conf) | (dets.class_ids == NO_FINDING))
-
-
-def load_detectors(dirs: list[str], device: torch.device, runtime: str = "torch") -> tuple[list, object, list[dict]]:
-    """Load every artifact; they must share the cache settings they were trained on.
-
-    Also returns each artifact's provenance record (the split it was trained with)."""
-    from cxrdet.preprocess.cache import CacheSettings
-
-    models, settings, records = [], None, []
-    for d in dirs:
-        model, cfg = load_predictor(d, runtime, device)
-        if not cfg.cache_size or not cfg.cache_voi:
-            raise UserError(f"--model {d}: its config.json records no cache size/windowing (cache_size, "
-                            "cache_voi); export it again with this version of `cxrdet train`")
-        these = CacheSettings(size=int(cfg.cache_size), voi=str(cfg.cache_voi))
-        if settings is not None and these.identity() != settings.identity():
-            raise UserError(
-                f"--model {d} was trained on cache {these} but {dirs[0]} on {settings}; "
-                "ensembled detectors must share the cache size and windowing"
-            )
-        settings = these
-        models.append(model)
-        records.append(model_record(d, cfg.folds, cfg.fold))
-    return models, settings, records
-
-
 def load_gate(args: argparse.Namespace) -> GateRuntime | None:
-    if not args.gate:
-        return None
-    from cxrdet.gate.features import feature_group
-    from cxrdet.gate.model import GateClassifier
-
-    gate = GateClassifier.load(args.gate)
-    low = gate.low_ if args.low is None else args.low
-    high = gate.high_ if args.high is None else args.high
-    if not 0 <= low < high:
-        # high > 1 is allowed: it means "never drop the No finding row" (tuning grids use 1.01)
-        raise UserError(f"gate thresholds need 0 <= low < high, got low={low}, high={high}")
-    groups = frozenset(feature_group(n) for n in gate.feature_names_)
-    return GateRuntime(gate, float(low), float(high), groups)
+    return predictor.load_gate(args.gate, args.low, args.high) if args.gate else None
 
 
 def build_source(args: argparse.Namespace, settings, with_features: bool) -> ImageSource:
@@ -231,85 +181,62 @@ def fold_ids(folds_csv: str, fold: int, available: list[str]) -> list[str]:
     return ids
 
 
-def gate_probabilities(gate: GateRuntime, samples: list[Sample], dets: list[Detections]) -> np.ndarray:
-    """P(abnormal) per sample from the feature groups the gate was trained with."""
-    from cxrdet.dicomio.meta import META_COLUMNS
-    from cxrdet.gate.features import build_features
-
-    meta = pd.DataFrame([{**{c: s.meta.get(c, np.nan) for c in META_COLUMNS}, "image_id": s.image_id} for s in samples])
-    pixels = pd.DataFrame([{"image_id": s.image_id, **s.features} for s in samples]) if "pixel" in gate.groups else None
-    evidence = {s.image_id: d for s, d in zip(samples, dets)} if "detector" in gate.groups else None
-    features = build_features(meta, pixels, evidence)
-    return np.asarray(gate.classifier.p_abnormal(features), dtype=np.float64).reshape(-1)
-
-
-def process_batch(samples: list[Sample], models: list, gate: GateRuntime | None, args, out: Outputs) -> None:
-    """Detect, map to original pixels, gate, record and draw one batch of good samples.
+def process_batch(samples: list[Sample], model: Predictor, args, out: Outputs) -> None:
+    """Predict one batch of good samples (:class:`Predictor`), then draw and record each image.
 
     A failure lists the images it hit and the run goes on (exit 3 at the end), so one bad image
     or one failed batch never costs the submission of all the others.
     """
-    try:
-        fused = detect_batch(samples, models, args)
-    except Exception as e:  # e.g. out of memory on a large batch: every image of it is lost
-        fail_all(samples, "the detector failed on its batch", e, out)
-        return
-    mapped: list[tuple[Sample, Detections]] = []
-    for s, det in zip(samples, fused):
+    batch = model.predict(samples)
+    for image_id, reason in batch.failures:
+        out.failures.add(image_id, reason)
+    for result in batch.results:
         try:
-            mapped.append((s, to_original(det, s.image.shape[:2], s.orig_hw)))
+            record_image(result, args, out)
         except Exception as e:
-            out.failures.add(s.image_id, f"mapping its boxes to the original size failed: {failure_reason(e)}")
-    if not mapped:
-        return
-    good = [s for s, _ in mapped]
-    try:
-        probs = gate_probabilities(gate, good, [d for _, d in mapped]) if gate else [None] * len(mapped)
-    except Exception as e:
-        fail_all(good, "the gate failed on its batch", e, out)
-        return
-    for (s, det), p in zip(mapped, probs):
-        try:
-            record_image(s, det, p, gate, args, out)
-        except Exception as e:
-            out.failures.add(s.image_id, failure_reason(e))
+            out.failures.add(result.sample.image_id, failure_reason(e))
 
 
-def detect_batch(samples: list[Sample], models: list, args) -> list[Detections]:
-    """Fused detections (all models, TTA views) per sample, in cache pixels."""
-    fns = [predict_fn(m) for m in models]
-    return predict_fused(fns, [s.image for s in samples], args.tta, FusionConfig(iou_thr=args.wbf_iou))
-
-
-def record_image(s: Sample, det: Detections, p, gate: GateRuntime | None, args, out: Outputs) -> None:
-    """Gate one image's detections (original pixels), draw its overlay, then record it.
+def record_image(result: ImageResult, args, out: Outputs) -> None:
+    """Draw one image's overlay, then record it.
 
     Recording comes last, so an image that fails on the way is not half in the outputs.
     """
-    from cxrdet.gate.rules import apply_gate
-
-    final = apply_gate(det, float(p), gate.low, gate.high) if gate else det
-    row = image_level_row(s.image_id, det, p)
+    s = result.sample
     if args.vis_dir:
         try:
-            write_overlay(args.vis_dir, s.image_id, s.image, final, s.orig_hw, args.vis_conf)
+            write_overlay(args.vis_dir, s.image_id, s.image, result.final, s.orig_hw, args.vis_conf)
         except Exception as e:
             raise InputFailure(f"writing its overlay failed: {failure_reason(e)}") from e
-    submitted = keep_confident(final, args.conf)
+    submitted = keep_confident(result.final, args.conf)
     if out.on_record is not None:
-        out.on_record(s, submitted, row)
+        out.on_record(s, submitted, result.image_level)
     out.predictions[s.image_id] = submitted
     out.orig_sizes[s.image_id] = s.orig_hw
-    out.image_level.append(row)
+    out.image_level.append(result.image_level)
 
 
-def fail_all(samples: list[Sample], what: str, e: Exception, out: Outputs) -> None:
-    for s in samples:
-        out.failures.add(s.image_id, f"{what}: {failure_reason(e)}")
+def classify_batch(samples: list[Sample], classifiers, device, out: Outputs) -> list[Sample]:
+    """Classifier probabilities of the batch (kept for the image-level rows); the samples it could
+    classify (a failed batch is listed and left out, so no image-level row lacks its columns)."""
+    from cxrdet.classifier.predict import ensemble_probabilities
+    from cxrdet.formats.image_level import classifier_column
+
+    models, names = classifiers
+    try:
+        probs = ensemble_probabilities(models, [s.image for s in samples], device)
+    except Exception as e:
+        for s in samples:
+            out.failures.add(s.image_id, f"the classifier failed on its batch: {failure_reason(e)}")
+        return []
+    cols = [classifier_column(n) for n in names]
+    for s, p in zip(samples, probs):
+        out.classifier_probs[s.image_id] = dict(zip(cols, p.tolist()))
+    return samples
 
 
-def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, args,
-                  classifiers=None, device=None, on_record: Callable | None = None) -> Outputs:
+def run_inference(source: ImageSource, model: Predictor, args, classifiers=None, device=None,
+                  on_record: Callable | None = None) -> Outputs:
     """The batched loop over ``source`` with a progress bar (``classifiers``: ``(models, class
     names)`` of ``--classifier``, run on the same decoded images; ``on_record``: called per
     submitted image, e.g. to write its DICOM SR)."""
@@ -329,7 +256,7 @@ def run_inference(source: ImageSource, models: list, gate: GateRuntime | None, a
             if good and classifiers:
                 good = classify_batch(good, classifiers, device, out)
             if good:
-                process_batch(good, models, gate, args, out)
+                process_batch(good, model, args, out)
             bar.update(len(batch))
     return out
 
@@ -388,6 +315,10 @@ def warn_if_in_fold(args, records: list[dict]) -> None:
                 f"and trained on fold {args.fold}: these detections are in-fold (train-gate will refuse them)")
 
 
+def log(message: str) -> None:
+    print(f"infer: {message}", file=sys.stderr)
+
+
 def load_classifiers(dirs: list[str], device, settings) -> tuple[list, list[str]]:
     """``(models, class names)`` of ``--classifier``: they see the detector's cache-size images
     (resized to their own input size), so their cache windowing must be the detector's."""
@@ -401,16 +332,13 @@ def load_classifiers(dirs: list[str], device, settings) -> tuple[list, list[str]
     return models, list(models[0][1].class_names)
 
 
-def log(message: str) -> None:
-    print(f"infer: {message}", file=sys.stderr)
-
-
 def main(args: argparse.Namespace, record_hook: Callable | None = None) -> int:
     """``record_hook(source, gate)``, if given, returns the per-image ``Outputs.on_record``."""
     check_args(args)
     device = torch_device(args.device, torch.cuda.device_count())
     models, settings, records = load_detectors(args.model, device, args.runtime)
     gate = load_gate(args)
+    model = Predictor(models, gate, PredictSettings(tta=args.tta, wbf_iou=args.wbf_iou))
     source = build_source(args, settings, with_features=gate is not None and "pixel" in gate.groups)
     if args.vis_dir:
         check_vis_names(args.vis_dir, source.ids)
@@ -419,7 +347,7 @@ def main(args: argparse.Namespace, record_hook: Callable | None = None) -> int:
     start = time.perf_counter()
     classifiers = load_classifiers(args.classifier, device, settings) if getattr(args, "classifier", None) else None
     on_record = record_hook(source, gate) if record_hook else None
-    out = run_inference(source, models, gate, args, classifiers, device, on_record)
+    out = run_inference(source, model, args, classifiers, device, on_record)
     elapsed = time.perf_counter() - start
     write_outputs(args, out, records)
     n_ok = len(source) - len(out.failures)

@@ -113,11 +113,17 @@ class DicomFolderSource(ImageSource):
         super().__init__(sorted(self.paths), settings.size, with_features)
 
     def load(self, image_id: str) -> Sample:
-        from cxrdet.preprocess.pipeline import preprocess_file
+        return dicom_sample(image_id, self.paths[image_id], self.settings, self.with_features)
 
-        prepared = preprocess_file(self.paths[image_id], self.settings, with_features=self.with_features)
-        orig_hw = (int(prepared.orig_hw[0]), int(prepared.orig_hw[1]))
-        return Sample(image_id, prepared.image, orig_hw, dict(prepared.meta), dict(prepared.features))
+
+def dicom_sample(image_id: str, path: str | os.PathLike, settings, with_features: bool) -> Sample:
+    """One DICOM file as a Sample, through the exact ``cxrdet prepare`` code path."""
+    from cxrdet.preprocess.pipeline import preprocess_file
+
+    prepared = preprocess_file(path, settings, with_features=with_features)
+    orig_hw = (int(prepared.orig_hw[0]), int(prepared.orig_hw[1]))
+    meta = {**prepared.meta, "image_id": image_id}  # the file name may not be the id (uploads)
+    return Sample(image_id, prepared.image, orig_hw, meta, dict(prepared.features))
 
 
 class CacheSource(ImageSource):
@@ -190,6 +196,22 @@ def png_to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def grey_sample(image_id: str, grey: np.ndarray, orig_hw: HW, size: int, with_features: bool) -> Sample:
+    """A uint8 grey picture of an original of ``orig_hw`` pixels as a Sample: resized to the
+    cache size of that original (area interpolation, as prepare does), so the detector sees the
+    aspect ratio it was trained on."""
+    h, w = resized_hw(orig_hw, size)
+    if grey.shape != (h, w):
+        grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA)
+    meta = {"image_id": image_id, "rows": orig_hw[0], "columns": orig_hw[1]}
+    features = {}
+    if with_features:
+        from cxrdet.preprocess.features import pixel_features
+
+        features = dict(pixel_features(grey))
+    return Sample(image_id, grey, orig_hw, meta, features)
+
+
 class PngFolderSource(ImageSource):
     """``<image_id>.png`` files plus the original sizes.
 
@@ -216,12 +238,7 @@ class PngFolderSource(ImageSource):
         if image_id not in self.sizes:
             raise InputFailure(f"no row for this image in {self.sizes_csv} (needs image_id,dim0,dim1 "
                                "of the original DICOM size)")
-        orig_hw = self.sizes[image_id]
-        h, w = resized_hw(orig_hw, self.size)
-        if grey.shape != (h, w):
-            grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA)
-        meta = {"image_id": image_id, "rows": orig_hw[0], "columns": orig_hw[1]}
-        return Sample(image_id, grey, orig_hw, meta, self._features(grey))
+        return grey_sample(image_id, grey, self.sizes[image_id], self.size, self.with_features)
 
     def _read_png(self, image_id: str) -> np.ndarray:
         path = self.paths.get(image_id)
