@@ -9,6 +9,7 @@ have no row (even with ``--on-error normal``: there is no evidence to report).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pandas as pd
 from cxrdet.classes import NUM_FINDINGS
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
+from cxrdet.formats.csvrows import read_text
 
 CLASS_COLUMNS = [f"p_{k}" for k in range(NUM_FINDINGS)]
 IMAGE_LEVEL_COLUMNS = ["image_id", "p_abnormal", *CLASS_COLUMNS]
@@ -56,9 +58,10 @@ def write_image_level(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
 
 def read_image_level(path: str | os.PathLike) -> pd.DataFrame:
     """Read and check an image-level CSV (columns, unique ids, probabilities in [0, 1])."""
+    text = read_text(path)  # UTF-8 checked (line named), BOM dropped
     try:
-        df = pd.read_csv(path, dtype={"image_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        df = pd.read_csv(io.StringIO(text), dtype={"image_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"cannot read image-level CSV {path}: {e}") from e
     missing = [c for c in IMAGE_LEVEL_COLUMNS if c not in df.columns]
     if missing:
