@@ -66,7 +66,9 @@ def run_example(target: Target, data: bytes) -> str:
         if isinstance(e, UserError) and str(target.named(path)) not in str(e):
             raise Escaped(f"{target.name}: UserError does not name {target.named(path)}: {e}") from e
         return "refused"
-    except Exception as e:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # BaseException: a Rust extension's panic is not an Exception
         raise Escaped(f"{target.name}: {type(e).__name__} escaped: {e}") from e
     try:
         target.check(result)
