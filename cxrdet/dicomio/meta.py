@@ -77,7 +77,11 @@ def dcmread_checked(path: str | os.PathLike, stop_before_pixels: bool) -> Datase
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """One META.csv row for the file at ``path`` (pixels are not read)."""
-    return metadata_from_dataset(open_header(path), image_id_from_path(path))
+    ds = open_header(path)
+    try:
+        return metadata_from_dataset(ds, image_id_from_path(path))
+    except Exception as e:  # pydicom converts tag values lazily: a malformed one raises only here
+        raise BadDicomError(f"malformed tags, the metadata cannot be read ({type(e).__name__}: {e})") from None
 
 
 def metadata_from_dataset(ds: Dataset, image_id: str) -> dict[str, Any]:

@@ -172,6 +172,10 @@ def decode_stored(ds: Dataset, reduce_to: int | None = None) -> np.ndarray:
             arr = ds.pixel_array
     except Exception as e:  # decoders raise many types; for the user they all mean "corrupt"
         raise BadDicomError(f"pixel data cannot be decoded ({type(e).__name__}: {e})") from None
+    except BaseException as e:  # a Rust decoder's panic (pyo3 PanicException) is not an Exception
+        if type(e).__name__ != "PanicException":
+            raise
+        raise BadDicomError(f"pixel data cannot be decoded (the decoder failed: {e})") from None
     if arr.ndim != 2:
         raise BadDicomError(f"decoded pixels have shape {arr.shape}; expected [rows, columns]")
     return arr

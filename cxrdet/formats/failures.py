@@ -6,7 +6,6 @@ output as ``<out stem>.errors.csv`` (see ``errors_path``), list it on stderr and
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from cxrdet.errors import EXIT_OK, EXIT_PARTIAL, UserError
 from cxrdet.formats import atomic
+from cxrdet.formats.csvrows import csv_records
 
 HEADER = ["item", "reason"]
 SUFFIX = ".errors.csv"
@@ -65,15 +65,11 @@ def read_failures(path: str | os.PathLike) -> FailureLog:
     if not path.is_file():
         raise UserError(f"errors CSV {path} does not exist (expected a file item,reason written beside an output)")
     log = FailureLog()
-    try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [c.strip() for c in header[:2]] != HEADER:
-                raise UserError(f"{path}:1: expected the header item,reason of an errors CSV, found {header}")
-            for row in reader:
-                if row:
-                    log.add(row[0], row[1] if len(row) > 1 else "")
-    except csv.Error as e:
-        raise UserError(f"{path}:{getattr(e, 'line_num', '?')}: not a readable errors CSV ({e})") from e
+    records = csv_records(path)
+    header = next(records, (1, None))[1]
+    if header is None or [c.strip() for c in header[:2]] != HEADER:
+        raise UserError(f"{path}:1: expected the header item,reason of an errors CSV, found {header}")
+    for _, row in records:
+        if row:
+            log.add(row[0], row[1] if len(row) > 1 else "")
     return log

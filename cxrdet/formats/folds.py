@@ -7,12 +7,12 @@ Every bad row is reported as ``file:line`` (physical CSV lines, header = line 1)
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
+from cxrdet.formats.csvrows import csv_records
 
 HEADER = ["image_id", "fold"]
 MAX_SHOWN = 10  # bad rows quoted in one message; the count is always given
@@ -39,33 +39,25 @@ def _read_rows(path: Path) -> tuple[dict[str, int], list[tuple[int, str]]]:
     folds: dict[str, int] = {}
     problems: list[tuple[int, str]] = []
     first_line: dict[str, int] = {}
-    try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            cols = [c.strip() for c in header] if header else []
-            if "image_id" not in cols or "fold" not in cols:
-                raise UserError(f"{path}:1: expected the header image_id,fold, found {','.join(cols) or 'nothing'}; "
-                                f"{MAKE_IT}")
-            i_id, i_fold = cols.index("image_id"), cols.index("fold")
-            line = reader.line_num
-            for row in reader:
-                start, line = line + 1, reader.line_num
-                if not row or not any(c.strip() for c in row):
-                    continue
-                msg = _row_problem(row, i_id, i_fold, len(cols))
-                image_id = row[i_id].strip() if not msg else ""
-                if not msg and image_id in first_line:
-                    msg = f"image_id {image_id!r} is listed again (first on line {first_line[image_id]})"
-                if msg:
-                    problems.append((start, msg))
-                    continue
-                first_line[image_id] = start
-                folds[image_id] = int(row[i_fold].strip())
-    except csv.Error as e:
-        raise UserError(f"{path}: not a readable CSV ({e}); {MAKE_IT}") from e
-    except UnicodeDecodeError as e:  # errors="replace" makes this unreachable; kept for clarity
-        raise UserError(f"{path}: not UTF-8 text ({e})") from e
+    records = csv_records(path)
+    header = next(records, (1, None))[1]
+    cols = [c.strip() for c in header] if header else []
+    if "image_id" not in cols or "fold" not in cols:
+        raise UserError(f"{path}:1: expected the header image_id,fold, found {','.join(cols) or 'nothing'}; "
+                        f"{MAKE_IT}")
+    i_id, i_fold = cols.index("image_id"), cols.index("fold")
+    for start, row in records:
+        if not row or not any(c.strip() for c in row):
+            continue
+        msg = _row_problem(row, i_id, i_fold, len(cols))
+        image_id = row[i_id].strip() if not msg else ""
+        if not msg and image_id in first_line:
+            msg = f"image_id {image_id!r} is listed again (first on line {first_line[image_id]})"
+        if msg:
+            problems.append((start, msg))
+            continue
+        first_line[image_id] = start
+        folds[image_id] = int(row[i_fold].strip())
     return folds, problems
 
 

@@ -13,6 +13,7 @@ and ``_`` replaced by ``_``) after the fixed columns.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from cxrdet.classes import NUM_FINDINGS
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
+from cxrdet.formats.csvrows import read_text
+from cxrdet.formats.labels import physical_lines
 
 CLASS_COLUMNS = [f"p_{k}" for k in range(NUM_FINDINGS)]
 IMAGE_LEVEL_COLUMNS = ["image_id", "p_abnormal", *CLASS_COLUMNS]
@@ -67,9 +70,10 @@ def write_image_level(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
 
 def read_image_level(path: str | os.PathLike) -> pd.DataFrame:
     """Read and check an image-level CSV (columns, unique ids, probabilities in [0, 1])."""
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+    text = read_text(path)  # UTF-8 checked (line named), BOM dropped
+    try:  # cells as text: pandas' own number parsing turns '999...9' into an int no float holds
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"cannot read image-level CSV {path}: {e}") from e
     missing = [c for c in IMAGE_LEVEL_COLUMNS if c not in df.columns]
     if missing:
@@ -77,17 +81,33 @@ def read_image_level(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: expected columns {','.join(IMAGE_LEVEL_COLUMNS)}, missing {','.join(missing)}; "
             "write it with `cxrdet infer --image-level-out`"
         )
-    dup = df["image_id"].duplicated(keep="first")
-    if dup.any():
-        line = int(np.flatnonzero(dup.to_numpy())[0]) + 2  # header is line 1
-        raise UserError(f"{path} line {line}: image_id {df['image_id'][dup].iloc[0]!r} appears twice")
+    ids = df["image_id"].str.strip()
+    dup = ids.duplicated(keep="first").to_numpy()
+    if dup.any() or (ids == "").any():
+        i = int(np.flatnonzero(dup | (ids == "").to_numpy())[0])
+        line = int(physical_lines(Path(path), len(df))[i])
+        what = "is empty" if ids.iat[i] == "" else f"{ids.iat[i]!r} appears twice"
+        raise UserError(f"{path} line {line}: image_id {what}; each image has one row")
     raw = df[["p_abnormal", *CLASS_COLUMNS]]
-    values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    # a cell is bad when it is text that is not a number, or a number outside [0, 1]
-    bad = (np.isnan(values) & raw.notna().to_numpy()) | (values < 0) | (values > 1)
+    values = np.column_stack([raw[c].map(_probability).to_numpy(dtype=np.float64) for c in raw.columns])
+    bad = np.isinf(values)  # _probability marks a bad cell with inf
     if bad.any():
-        line = int(np.flatnonzero(bad.any(axis=1))[0]) + 2
-        raise UserError(f"{path} line {line}: probabilities must be numbers in [0, 1] (or empty)")
-    out = df[["image_id"]].copy()
+        i = int(np.flatnonzero(bad.any(axis=1))[0])
+        line = int(physical_lines(Path(path), len(df))[i])
+        cell = raw.iat[i, int(np.flatnonzero(bad[i])[0])]
+        raise UserError(f"{path} line {line}: probabilities must be numbers in [0, 1] (or empty), found {cell!r}")
+    out = pd.DataFrame({"image_id": ids.to_numpy(dtype=object)})
     out[raw.columns] = values
     return out[IMAGE_LEVEL_COLUMNS]
+
+
+def _probability(cell: str) -> float:
+    """A cell's probability: NaN when empty (no gate ran), inf when not a number in [0, 1]."""
+    text = cell.strip()
+    if text.lower() in ("", "nan"):
+        return np.nan
+    try:
+        p = float(text)
+    except ValueError:
+        return np.inf
+    return p if 0.0 <= p <= 1.0 else np.inf

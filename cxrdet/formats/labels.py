@@ -18,6 +18,7 @@ import pandas as pd
 from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX, NUM_CLASSES
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
+from cxrdet.formats.csvrows import FIELD_SIZE_LIMIT
 
 LABEL_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 COORD_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
@@ -45,6 +46,8 @@ def physical_lines(path: Path, n_rows: int) -> np.ndarray:
     path pays nothing. Falls back to ``row + 2`` if the two parsers disagree on the row count.
     """
     starts = []
+    if csv.field_size_limit() < FIELD_SIZE_LIMIT:  # pandas read the file: so must this
+        csv.field_size_limit(FIELD_SIZE_LIMIT)
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.reader(f)
         prev_end = 0

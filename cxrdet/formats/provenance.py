@@ -64,20 +64,29 @@ def read_provenance(path: str | os.PathLike) -> list[dict]:
     """The runs of a sidecar, checked enough that a stale or foreign file is refused clearly."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bad UTF-8
         raise UserError(f"cannot read provenance file {path}: {e}. Fix: rerun `cxrdet infer`, or delete it") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise UserError(f"{path}: not a {FORMAT} version {VERSION} file. Fix: rerun `cxrdet infer`, or delete it")
     runs = doc.get("runs")
     ok = isinstance(runs, list) and all(
-        isinstance(r, dict) and isinstance(r.get("image_ids"), list) and isinstance(r.get("models"), list)
-        and all(isinstance(m, dict) and {"artifact", "folds", "fold"} <= set(m) for m in r["models"])
-        for r in runs)
+        isinstance(r, dict) and _strings(r.get("image_ids")) and isinstance(r.get("models"), list)
+        and all(_model_ok(m) for m in r["models"]) for r in runs)
     if not ok:
-        raise UserError(f"{path}: malformed 'runs' (each needs models [artifact, folds, fold] and image_ids). "
+        raise UserError(f"{path}: malformed 'runs' (each needs models [artifact, folds, fold] and image_ids: "
+                        "artifact and folds strings, fold an integer, image_ids strings). "
                         "Fix: rerun `cxrdet infer`, or delete it")
     return runs
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _model_ok(m) -> bool:
+    return (isinstance(m, dict) and isinstance(m.get("artifact"), str) and isinstance(m.get("folds"), str)
+            and isinstance(m.get("fold"), int) and not isinstance(m.get("fold"), bool))
 
 
 def collect_provenance(csv_paths: Sequence[str | os.PathLike]) -> tuple[list[dict] | None, list[Path]]:

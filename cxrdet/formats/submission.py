@@ -23,6 +23,7 @@ from cxrdet.classes import NO_FINDING, NORMAL_BOX, NUM_CLASSES
 from cxrdet.detections import Detections, det_frame, normal_detection
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
+from cxrdet.formats.csvrows import csv_records
 from cxrdet.formats.labels import bad_rows_error
 
 HEADER = ["image_id", "PredictionString"]
@@ -316,28 +317,26 @@ def _read_rows(path: Path, problems: list[tuple[int, str]]):
     """Rows split into tokens; structural problems (fields, ids, token count) go to ``problems``."""
     ids, lines, tokens = [], [], []
     first_line: dict[str, int] = {}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != HEADER:
-            raise UserError(f"{path}:1: header {header} is not {','.join(HEADER)}; "
-                            "a submission starts with the line image_id,PredictionString")
-        for row in reader:
-            line = reader.line_num
-            if len(row) != 2:
-                problems.append((line, f"expected 2 fields (image_id,PredictionString), found {len(row)}"))
-                continue
-            image_id, t = row[0].strip(), row[1].split()
-            if not image_id:
-                problems.append((line, "empty image_id"))
-            elif image_id in first_line:
-                problems.append((line, f"image_id {image_id!r} repeats line {first_line[image_id]}"))
-            elif len(t) % 6:
-                first_line[image_id] = line
-                problems.append((line, f"{len(t)} tokens is not a multiple of 6 {TOKEN_HELP}"))
-            else:
-                first_line[image_id] = line
-                ids.append(image_id)
-                lines.append(line)
-                tokens.append(t)
+    records = csv_records(path)
+    header = next(records, (1, None))[1]
+    if header is None or [h.strip() for h in header] != HEADER:
+        raise UserError(f"{path}:1: header {header} is not {','.join(HEADER)}; "
+                        "a submission starts with the line image_id,PredictionString")
+    for line, row in records:
+        if len(row) != 2:
+            problems.append((line, f"expected 2 fields (image_id,PredictionString), found {len(row)}"))
+            continue
+        image_id, t = row[0].strip(), row[1].split()
+        if not image_id:
+            problems.append((line, "empty image_id"))
+        elif image_id in first_line:
+            problems.append((line, f"image_id {image_id!r} repeats line {first_line[image_id]}"))
+        elif len(t) % 6:
+            first_line[image_id] = line
+            problems.append((line, f"{len(t)} tokens is not a multiple of 6 {TOKEN_HELP}"))
+        else:
+            first_line[image_id] = line
+            ids.append(image_id)
+            lines.append(line)
+            tokens.append(t)
     return ids, lines, tokens

@@ -259,7 +259,10 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         gate.training_ = training
         gate.source_ = str(Path(model_dir))
         t = doc["thresholds"]
-        gate.set_thresholds(t["low"], t["high"], t.get("source", "saved"))
+        try:
+            gate.set_thresholds(t["low"], t["high"], t.get("source", "saved"))
+        except UserError as e:
+            raise UserError(f"{model_dir / SCHEMA_FILE}: {e}. Fix: retrain the gate.") from None
         return gate
 
 
@@ -284,8 +287,8 @@ def _read_schema(model_dir: Path) -> tuple[dict, Path]:
                 "Fix: point to the output folder of `cxrdet train-gate`."
             )
     try:
-        doc = json.loads(schema_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = json.loads(schema_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
         raise UserError(f"{schema_path} is not valid JSON ({e}). Fix: retrain the gate.") from e
     if not isinstance(doc, dict) or doc.get("format") != SCHEMA_FORMAT:
         raise UserError(f"{schema_path} is not a cxrdet gate schema (format {SCHEMA_FORMAT!r} expected)")
@@ -297,7 +300,35 @@ def _read_schema(model_dir: Path) -> tuple[dict, Path]:
     for key in ("features", "thresholds"):
         if key not in doc:
             raise UserError(f"{schema_path} lacks the {key!r} entry. Fix: retrain the gate.")
+    problem = _schema_problem(doc)
+    if problem:
+        raise UserError(f"{schema_path}: {problem}. Fix: retrain the gate (the file was edited or damaged).")
     return doc, model_path
+
+
+def _schema_problem(doc: dict) -> str:
+    """What is wrong with the entries ``load`` uses ('' when nothing)."""
+    features = doc["features"]
+    if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+        return "'features' must be a list of {name, kind[, categories]} objects"
+    names = [f.get("name") for f in features]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        return "feature names must be distinct strings"
+    for f in features:
+        if f.get("kind") not in ("float", "category"):
+            return f"feature {f['name']!r} has kind {f.get('kind')!r}; expected 'float' or 'category'"
+        cats = f.get("categories")
+        if f["kind"] == "category" and not (isinstance(cats, list) and all(isinstance(c, str) for c in cats)):
+            return f"category feature {f['name']!r} needs 'categories', a list of strings"
+    t = doc["thresholds"]
+    numbers = isinstance(t, dict) and all(
+        isinstance(t.get(k), (int, float)) and not isinstance(t.get(k), bool) for k in ("low", "high"))
+    if not numbers:
+        return "'thresholds' must hold the numbers 'low' and 'high'"
+    for key in ("params", "training"):
+        if not isinstance(doc.get(key, {}), dict):
+            return f"{key!r} must be an object"
+    return ""
 
 
 def _check_xy(X, y) -> tuple[pd.DataFrame, np.ndarray]:

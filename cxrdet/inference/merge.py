@@ -34,6 +34,7 @@ from pathlib import Path
 
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
+from cxrdet.formats.csvrows import csv_records
 from cxrdet.formats.failures import FailureLog, read_failures
 from cxrdet.formats.provenance import collect_provenance, write_merged_provenance
 
@@ -64,11 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def read_rows(path: str | os.PathLike, header: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """A CSV's header and rows; ``header`` (if given) must match exactly."""
     path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e}") from e
+    rows = [row for _, row in csv_records(path)]
     if not rows:
         raise UserError(f"{path}: empty file, expected a header line")
     if header is not None and rows[0] != header:

@@ -18,6 +18,7 @@ image never stops a DataLoader worker; the command lists it in the errors CSV.
 
 from __future__ import annotations
 
+import io
 import math
 from abc import ABC, abstractmethod
 import os
@@ -33,6 +34,7 @@ from torch.utils.data import Dataset
 
 from cxrdet.boxes import HW, resized_hw
 from cxrdet.errors import InputFailure, UserError, failure_reason
+from cxrdet.formats.csvrows import read_text
 from cxrdet.formats.failures import FailureLog
 from cxrdet.preprocess.listing import list_dicoms, parse_shard, select_shard  # noqa: F401 (infer's API)
 
@@ -149,10 +151,11 @@ class CacheSource(ImageSource):
 
 def read_png_sizes(path: str | os.PathLike) -> dict[str, HW]:
     """The sizes CSV ``image_id,dim0,dim1`` -> ``{image_id: (rows, columns)}``, validated."""
+    text = read_text(path)  # UTF-8 checked (line named), BOM dropped
     try:
-        df = pd.read_csv(path, dtype={"image_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"cannot read the PNG sizes CSV {path}: {e}") from e
+        df = pd.read_csv(io.StringIO(text), dtype={"image_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"cannot read --png-sizes {path}: {e}") from e
     missing = [c for c in ("image_id", "dim0", "dim1") if c not in df.columns]
     if missing:
         raise UserError(
@@ -244,12 +247,17 @@ class PngFolderSource(ImageSource):
         path = self.paths.get(image_id)
         if path is None:
             raise InputFailure(f"listed in {self.sizes_csv} but there is no {self.root / image_id}.png")
-        # np.fromfile + imdecode: cv2.imread cannot open non-ASCII paths on every platform
-        raw = np.fromfile(path, dtype=np.uint8)
-        pixels = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
-        if pixels is None:
-            raise InputFailure(f"{path} is not a readable PNG")
-        try:
-            return png_to_uint8(pixels)
-        except ValueError as e:
-            raise InputFailure(f"{path}: {e}") from None
+        return read_png(path)
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """A PNG (or any image OpenCV decodes) as uint8 grey; InputFailure naming ``path`` if not."""
+    # np.fromfile + imdecode: cv2.imread cannot open non-ASCII paths on every platform
+    raw = np.fromfile(path, dtype=np.uint8)
+    pixels = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+    if pixels is None:
+        raise InputFailure(f"{path} is not a readable PNG")
+    try:
+        return png_to_uint8(pixels)
+    except ValueError as e:
+        raise InputFailure(f"{path}: {e}") from None
