@@ -48,3 +48,25 @@ def test_training_with_mlflow_logs_val_map_to_the_local_store(tmp_path):
     assert len(history) == len(csv) == 1
     assert history[0].value == pytest.approx(float(csv.iloc[0]), abs=1e-6)  # the same number in both stores
     assert "fusion" in found.data.params or any(k.endswith("fusion") for k in found.data.params)
+
+
+def test_classifier_logs_to_mlflow_and_refuses_a_bad_logger(tmp_path, capsys):
+    """train-classifier takes the same --logger as train: MLflow gets the same val_score as the CSV."""
+    from mlflow.tracking import MlflowClient
+
+    from classifier_fixtures import make_vinbig, train_args
+
+    data = make_vinbig(tmp_path / "data", n=24)
+    assert cli(train_args(data, tmp_path / "bad", "--logger", "csv,wandb")) == 2
+    assert "--logger: logger 'wandb' is not one of" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert cli(train_args(data, run, "--epochs", "1", "--logger", "mlflow,csv")) == 0
+    assert not (run / "tb").exists()
+    assert json.loads((run / "config.json").read_text())["loggers"] == ["mlflow", "csv"]
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri(run))
+    experiment = client.get_experiment_by_name("cxrdet-classifier")
+    (found,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(found.info.run_id, "val_score")
+    csv = pd.concat(pd.read_csv(f) for f in run.glob("logs/version_*/metrics.csv"))["val_score"].dropna()
+    assert len(history) == len(csv) == 1
+    assert history[0].value == pytest.approx(float(csv.iloc[0]), abs=1e-6)

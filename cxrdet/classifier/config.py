@@ -15,6 +15,7 @@ from typing import Any
 from cxrdet.errors import UserError
 from cxrdet.flags import DEFAULT_SEED
 from cxrdet.formats import atomic
+from cxrdet.training.loggers import DEFAULT_LOGGERS, parse_loggers
 
 ARCHS = ("densenet121", "resnet50", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
          "efficientnet_b4", "resnet18", "mobilenet_v3_small")
@@ -86,6 +87,7 @@ class ClassifierConfig:
     limit_train_batches: float = 1.0  # fraction (<=1) or count (>1) of batches; 1.0 = all
     limit_val_batches: float = 1.0  # the metric needs the whole fold: keep 1.0 for real runs
     log_every_n_steps: int = 20  # smoother curves than Lightning's 50
+    loggers: list[str] = field(default_factory=lambda: list(DEFAULT_LOGGERS))  # csv + tensorboard like the detector; mlflow on request
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,6 +119,10 @@ class ClassifierConfig:
         for name in ("hflip_prob", "affine_prob", "color_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{source}: {name} must be a probability in [0, 1], got {getattr(self, name)}")
+        try:
+            parse_loggers(self.loggers)
+        except ValueError as e:
+            raise UserError(f"{source}: loggers: {e}") from None
         if self.pos_weight and len(self.pos_weight) != len(self.class_names):
             raise UserError(f"{source}: {len(self.pos_weight)} pos_weight values for {len(self.class_names)} classes")
 

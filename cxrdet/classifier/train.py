@@ -7,7 +7,8 @@ Run folder (``--out RUN_DIR``), the same layout as ``cxrdet train``::
     checkpoints/last.ckpt       end of the latest epoch (what --resume continues from)
     hpc_ckpt_N.ckpt             Lightning's SLURM checkpoint before a requeue (also resumable)
     logs/version_N/metrics.csv  CSVLogger
-    tb/version_N/               TensorBoard
+    tb/version_N/               TensorBoard                (--logger csv,tensorboard: the default)
+    mlflow.db + mlartifacts/    local MLflow store         (--logger mlflow; see cxrdet.training.loggers)
     export/model.pt + config.json   inference artifact from best.ckpt (see classifier.export)
 
 The label source (VinBigData train.csv, NIH-style CSV, ImageFolder directory) is recognised
@@ -25,6 +26,7 @@ from pathlib import Path
 from cxrdet.classifier.config import ARCHITECTURE_FIELDS, ARCHS, OPTIMIZERS, VALIDATION_FIELDS, ClassifierConfig
 from cxrdet.errors import UserError
 from cxrdet.flags import add_training_device_flag, apply_device_shorthand
+from cxrdet.training.loggers import add_logger_flag, parse_loggers
 from cxrdet.training.resume import (CKPT_DIR, LAST, RESUME_ALWAYS, RESUME_AUTO, changed_field, checkpoint_to_resume,
                                     locked_field_error)
 
@@ -84,6 +86,8 @@ def _metavar(flag: str, typ: type) -> str:
         return "PATH"
     return {int: "N", float: "X"}.get(typ, "VALUE")
 
+MLFLOW_EXPERIMENT = "cxrdet-classifier"  # one experiment for all classifier runs; runs are named by folder
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = ClassifierConfig()
@@ -97,6 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         dest = flag[2:].replace("-", "_")
         p.add_argument(flag, type=typ, default=None, choices=CHOICES.get(flag), metavar=_metavar(flag, typ),
                        help=f"{text} (default: {getattr(defaults, dest)!r})")
+    add_logger_flag(p)
     add_training_device_flag(p)
     p.add_argument("--resume", nargs="?", const=RESUME_ALWAYS, default=None, choices=(RESUME_AUTO, RESUME_ALWAYS),
                    metavar=RESUME_AUTO,
@@ -118,6 +123,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[ClassifierConfig, Path | N
         raise locked_field_error(base, given, name, "--" + name.replace("_", "-"), out / CONFIG_FILE, ckpt,
                                  architecture=name in ARCHITECTURE_FIELDS, is_path=name in PATH_FIELDS)
     cfg = dataclasses.replace(base, **given, out=str(out))
+    try:
+        cfg.loggers = parse_loggers(cfg.loggers)
+    except ValueError as e:
+        raise UserError(f"--logger: {e}") from None
     for name in ("cache", "labels", "folds"):
         if not getattr(cfg, name):
             raise UserError(f"--{name} is required (or --resume a run whose config.json names it)")
@@ -147,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
     table = load_table(cfg)  # every input checked before any process group or GPU is touched
     cfg = record_table(cfg, table)
     pl.seed_everything(cfg.seed, workers=True)
-    trainer = build_trainer(cfg, ckpt_dir, MONITOR)
+    trainer = build_trainer(cfg, ckpt_dir, MONITOR, experiment=MLFLOW_EXPERIMENT)
     if trainer.is_global_zero:
         print_notes(table)
         cfg.save(out / CONFIG_FILE)

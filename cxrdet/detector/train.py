@@ -36,7 +36,7 @@ from cxrdet.detector.resume import (
 )
 from cxrdet.errors import UserError
 from cxrdet.flags import RenamedFlag, add_training_device_flag, apply_device_shorthand
-from cxrdet.training.loggers import DEFAULT_LOGGERS, LOGGERS, MLFLOW_DB, build_loggers, parse_loggers
+from cxrdet.training.loggers import add_logger_flag, build_loggers, parse_loggers
 from cxrdet.training.resume import checkpoint_to_resume, locked_field_error
 
 CONFIG_FILE = "config.json"
@@ -120,10 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs = "+" if isinstance(default, list) else None
         p.add_argument(flag, type=typ, nargs=nargs, default=None, choices=CHOICES.get(flag), dest=dest,
                        metavar=_metavar(flag, typ), help=f"{text} (default: {default!r})")
-    p.add_argument("--logger", dest="loggers", action="append", default=None, metavar="{" + ",".join(LOGGERS) + "}",
-                   help="experiment logger(s); repeat or comma-separate, e.g. --logger csv,mlflow. mlflow logs to "
-                        f"the local store sqlite:///RUN_DIR/{MLFLOW_DB} (no server; `mlflow ui --backend-store-uri` "
-                        f"it). Default: {','.join(DEFAULT_LOGGERS)}")
+    add_logger_flag(p)
     add_training_device_flag(p)
     p.add_argument("--model", action=RenamedFlag, hint=_old_model_hint)
     p.add_argument("--sync-batchnorm", action="store_true", default=None,

@@ -17,6 +17,7 @@ into a flag message.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +43,14 @@ def parse_loggers(values: Iterable[str] | None) -> list[str]:
     if not names:
         raise ValueError(f"no logger given; expected some of {list(LOGGERS)}")
     return names
+
+
+def add_logger_flag(p: argparse.ArgumentParser) -> None:
+    """``--logger``, the same for every training command (parse the values with :func:`parse_loggers`)."""
+    p.add_argument("--logger", dest="loggers", action="append", default=None, metavar="{" + ",".join(LOGGERS) + "}",
+                   help="experiment logger(s); repeat or comma-separate, e.g. --logger csv,mlflow. mlflow logs to "
+                        f"the local store sqlite:///RUN_DIR/{MLFLOW_DB} (no server; `mlflow ui --backend-store-uri` "
+                        f"it). Default: {','.join(DEFAULT_LOGGERS)}")
 
 
 def mlflow_tracking_uri(run_dir: str | Path) -> str:

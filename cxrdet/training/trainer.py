@@ -21,7 +21,9 @@ def lightning_limit(value: float) -> int | float:
     return int(value) if value > 1 else float(value)
 
 
-def build_trainer(cfg: Any, ckpt_dir: Path, monitor: str, use_distributed_sampler: bool = True):
+def build_trainer(cfg: Any, ckpt_dir: Path, monitor: str, use_distributed_sampler: bool = True,
+                  experiment: str = "cxrdet"):
+    """The Lightning Trainer of a cxrdet run (``experiment``: its MLflow experiment name)."""
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -43,7 +45,7 @@ def build_trainer(cfg: Any, ckpt_dir: Path, monitor: str, use_distributed_sample
         default_root_dir=out,  # SLURM hpc_ckpt_N.ckpt lands in the run folder
         use_distributed_sampler=use_distributed_sampler, callbacks=[checkpoint],
         # cfg.loggers when the config has them (None = csv + tensorboard, as before)
-        logger=build_loggers(getattr(cfg, "loggers", None), out, experiment=getattr(cfg, "experiment", "cxrdet")),
+        logger=build_loggers(getattr(cfg, "loggers", None), out, experiment=experiment),
         limit_train_batches=lightning_limit(cfg.limit_train_batches),
         limit_val_batches=lightning_limit(cfg.limit_val_batches),
         log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=1, enable_progress_bar=True,
