@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 from hypothesis import strategies as st
 
-from fuzz_strategies import csv_documents, mutated_bytes, mutated_json, mutated_text
+from fuzz_strategies import floats, csv_documents, mutated_bytes, mutated_json, mutated_text
 
 from cxrdet.dicomio.errors import BadDicomError
 from cxrdet.errors import InputFailure, UserError
@@ -88,8 +88,8 @@ def _mutants(seeds: list[bytes], structured: st.SearchStrategy[bytes] | None = N
 
 
 ids = st.sampled_from(["a1", "b2", "c3", "0005e8e3701dfb1dd93d53e2ff537b6e", " d4 ", "e5"])
-numbers = st.one_of(st.floats(-10, 3000).map(lambda x: f"{x:.2f}"), st.integers(-5, 3000).map(str))
-probabilities = st.one_of(st.floats(0, 1).map(lambda x: f"{x:.6g}"), st.floats().map(repr), st.just(""))
+numbers = st.one_of(floats(-10, 3000).map(lambda x: f"{x:.2f}"), st.integers(-5, 3000).map(str))
+probabilities = st.one_of(floats(0, 1).map(lambda x: f"{x:.6g}"), floats().map(repr), st.just(""))
 
 # ------------------------------------------------------------------------------ label CSV
 LABELS = (
@@ -146,8 +146,8 @@ SUBMISSION = (
     "d4,10 0.25 10.5 20.25 300 400\r\n"
 )
 prediction_strings = st.lists(
-    st.tuples(st.integers(-1, 15), st.floats(-0.5, 1.5), st.floats(-10, 2000), st.floats(-10, 2000),
-              st.floats(-10, 3000), st.floats(-10, 3000)).map(lambda t: " ".join(f"{x:g}" for x in t)),
+    st.tuples(st.integers(-1, 15), floats(-0.5, 1.5), floats(-10, 2000), floats(-10, 2000),
+              floats(-10, 3000), floats(-10, 3000)).map(lambda t: " ".join(f"{x:g}" for x in t)),
     max_size=5).map(" ".join)
 
 
@@ -373,7 +373,7 @@ def _dicom_dataset_edit(draw, data: bytes) -> bytes:
                                     "RescaleSlope", "RescaleIntercept", "PixelSpacing", "PatientAge",
                                     "VOILUTFunction", "PlanarConfiguration"]))
     value = draw(st.one_of(st.integers(-70000, 70000), st.sampled_from([0, 1, 8, 16, 32, 65535]),
-                           st.floats(allow_nan=True).map(lambda x: f"{x:.6g}"[:16]),
+                           floats(allow_nan=True).map(lambda x: f"{x:.6g}"[:16]),
                            st.sampled_from(["", "RGB", "MONOCHROME1", "PALETTE COLOR", "SIGMOID", "-1", "0",
                                             "1e309", "abc", "1\\2\\3"])))
     try:

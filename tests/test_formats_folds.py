@@ -53,12 +53,17 @@ def test_bad_row_names_file_and_line(tmp_path, body, line, says):
     assert "cxrdet split" in msg  # the fix
 
 
-def test_quoted_multiline_field_keeps_physical_line_numbers(tmp_path):
-    # the id on line 2 spans lines 2-3, so the bad fold below it is on line 4, not 3
-    path = write(tmp_path, 'image_id,fold\n"a\nb",0\nc,z\n')
+def test_quoted_field_keeps_line_numbers_and_a_stray_quote_names_its_line(tmp_path):
+    # a quoted id holding a comma is one field; the bad fold below it is on line 3
+    path = write(tmp_path, 'image_id,fold\n"a,b",0\nc,z\n')
     with pytest.raises(UserError) as e:
         read_folds(path)
-    assert f"{path}:4: fold 'z' is not an integer" in str(e.value)
+    assert f"{path}:3: fold 'z' is not an integer" in str(e.value)
+    # a quote left open would swallow the next lines into one id: refused, naming where it opened
+    path = write(tmp_path, 'image_id,fold\n"a\nb",0\nc,1\n')
+    with pytest.raises(UserError) as e:
+        read_folds(path)
+    assert f"{path}:2: a quote (\") opened on this line is not closed before the line ends" in str(e.value)
 
 
 def test_every_bad_row_is_counted(tmp_path):
