@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -237,3 +238,31 @@ def test_killed_node_loses_nothing_and_restart_finishes_the_inbox(tmp_path, mode
     rows = pd.read_csv(out / "image_level.csv", dtype={"image_id": str})
     assert sorted(rows["image_id"]) == sorted(expected)  # one row each, none twice
     assert _errors(out) is None
+
+
+@pytest.mark.slow
+def test_node_with_a_classifier_puts_its_probabilities_in_the_srs(tmp_path, model, study):
+    """listen --classifier: every SR holds the 14 findings' classifier probabilities, equal to the
+    clf_* columns the node writes in image_level.csv."""
+    from classifier_fixtures import make_vinbig, train_args
+
+    from cxrdet.classes import CLASS_NAMES, NUM_FINDINGS
+    from cxrdet.cli import main as cli
+    from cxrdet.formats.image_level import classifier_column
+
+    run = tmp_path / "clf"
+    assert cli(train_args(make_vinbig(tmp_path / "clfdata", n=24), run, "--epochs", "1")) == 0
+    out = tmp_path / "out"
+    node = Node(tmp_path, model, out, "--classifier", str(run / "export"))
+    uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in study.values()}
+    try:
+        assert storescu(node.port, *study.values()).returncode == 0
+        wait_for(lambda: all((out / "sr" / f"{u}.dcm").exists() for u in uids), "every SR", procs=[node.proc])
+    finally:
+        assert node.stop() == 0
+    rows = pd.read_csv(out / "image_level.csv", dtype={"image_id": str}).set_index("image_id")
+    assert classifier_column("abnormal") in rows.columns
+    for uid in uids:
+        probs = read_sr(pydicom.dcmread(out / "sr" / f"{uid}.dcm")).result.classifier
+        expected = [rows.loc[uid, classifier_column(CLASS_NAMES[k])] for k in range(NUM_FINDINGS)]
+        np.testing.assert_allclose([probs[k] for k in range(NUM_FINDINGS)], expected, atol=1e-5)

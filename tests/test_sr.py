@@ -196,3 +196,29 @@ def test_build_sr_takes_an_image_level_row(tmp_path):
     dets = Detections([[1, 1, 9, 9]], [0.4], [7])
     assert read_sr(build_sr(h, dets, {"p_abnormal": 0.25, "p_7": 0.4})).result == ImageResult(0.25)
     assert read_sr(build_sr(h, dets, {"p_abnormal": float("nan")})).result == ImageResult()
+
+
+@pytest.mark.slow
+def test_infer_sr_dir_with_a_classifier_carries_its_finding_probabilities(tmp_path, model):
+    """infer --classifier --sr-dir: each SR holds the 14 findings' classifier probabilities, the
+    same numbers as the image-level CSV's clf_* columns (abnormal stays in the CSV only)."""
+    from classifier_fixtures import limit_threads, make_vinbig, train_args
+
+    from cxrdet.formats.image_level import classifier_column
+
+    limit_threads()
+    run = tmp_path / "clf"
+    assert cli(train_args(make_vinbig(tmp_path / "clfdata", n=24), run, "--epochs", "1")) == 0
+    dicoms = tmp_path / "dicoms"
+    write_study(dicoms, n=2)
+    sr_dir, level = tmp_path / "sr", tmp_path / "level.csv"
+    assert cli(["infer", "--model", str(model), "--dicom-dir", str(dicoms), "--classifier", str(run / "export"),
+                "--image-level-out", str(level), "--sr-dir", str(sr_dir), "--out", str(tmp_path / "sub.csv"),
+                "--workers", "0", "--device", "cpu"]) == 0
+    rows = pd.read_csv(level, dtype={"image_id": str}).set_index("image_id")
+    assert classifier_column("abnormal") in rows.columns
+    for image_id in ("img0", "img1"):
+        probs = read_sr(pydicom.dcmread(sr_dir / f"{image_id}.dcm")).result.classifier
+        assert sorted(probs) == list(range(NUM_FINDINGS))
+        expected = [rows.loc[image_id, classifier_column(CLASS_NAMES[k])] for k in range(NUM_FINDINGS)]
+        np.testing.assert_allclose([probs[k] for k in range(NUM_FINDINGS)], expected, atol=1e-5)

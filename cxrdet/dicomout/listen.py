@@ -73,6 +73,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, metavar="ARTIFACT_DIR",
                    help="exported detector (RUN/export); repeat to ensemble, as in `cxrdet infer`")
     p.add_argument("--gate", help="gate folder from `cxrdet train-gate` (P(abnormal) and its decision in the SR)")
+    p.add_argument("--classifier", action="append", metavar="ARTIFACT_DIR",
+                   help="image-level classifier (`cxrdet train-classifier` RUN/export; repeat to average), as "
+                   "`cxrdet infer --classifier`: its 14 finding probabilities go in each SR, every class in "
+                   "image_level.csv (clf_<class>)")
     p.add_argument("--low", type=float, help="override the gate's stored low threshold")
     p.add_argument("--high", type=float, help="override the gate's stored high threshold")
     p.add_argument("--conf", type=float, default=0.3,
@@ -169,11 +173,13 @@ def build_pipeline(args: argparse.Namespace):
     defaults = infer.get_args_parser().parse_args(["--model", "m", "--dicom-dir", "d", "--out", "o"])
     shared = {k: v for k, v in vars(args).items() if k in vars(defaults)}
     ns = argparse.Namespace(**{**vars(defaults), **shared})
+    ns.image_level_out = "image_level.csv"  # the node always writes OUT/image_level.csv (checks only)
     infer.check_args(ns)
     device = torch_device(ns.device, torch.cuda.device_count())
     models, settings, _ = infer.load_detectors(ns.model, device)
     predictor = Predictor(models, infer.load_gate(ns), PredictSettings(tta=ns.tta, wbf_iou=ns.wbf_iou))
-    return Pipeline(predictor, settings, ns)
+    classifiers = infer.load_classifiers(ns.classifier, device, settings) if ns.classifier else None
+    return Pipeline(predictor, settings, ns, classifiers, device)
 
 
 def log(message: str) -> None:

@@ -32,14 +32,14 @@ import torch
 
 from cxrdet.classes import NO_FINDING
 from cxrdet.dicomout.sr import ImageResult, build_sr
-from cxrdet.dicomout.writer import SR_SUFFIX, sr_path
+from cxrdet.dicomout.writer import SR_SUFFIX, classifier_from_row, sr_path
 from cxrdet.dicomio.errors import BadDicomError
 from cxrdet.dicomio.meta import open_header
 from cxrdet.errors import InputFailure, failure_reason
 from cxrdet.formats import atomic
 from cxrdet.formats.failures import FailureLog, read_failures
 from cxrdet.formats.image_level import image_level_frame, read_image_level, write_image_level
-from cxrdet.inference.infer import Outputs, process_batch
+from cxrdet.inference.infer import Outputs, classify_batch, process_batch
 from cxrdet.inference.predictor import Predictor
 from cxrdet.inference.sources import DicomFolderSource, ImageSource
 
@@ -100,6 +100,8 @@ class Pipeline:
     predictor: Predictor  # detectors + gate + TTA/WBF settings
     settings: object  # CacheSettings of the detectors
     args: object  # argparse.Namespace with infer's fields
+    classifiers: tuple | None = None  # (models, class names) of --classifier, as infer.load_classifiers
+    device: object = None  # where the classifiers run
 
     @property
     def gate(self):
@@ -186,6 +188,8 @@ class Worker(threading.Thread):
         good = [s for s in samples if s.error is None]
         if good:
             with torch.inference_mode():
+                if self.pipeline.classifiers:  # probabilities first: record_image adds them to the row
+                    good = classify_batch(good, self.pipeline.classifiers, self.pipeline.device, out)
                 process_batch(good, self.pipeline.predictor, self.pipeline.args, out)
         self._report(ready, out.failures)
 
@@ -196,7 +200,8 @@ class Worker(threading.Thread):
         except BadDicomError as e:
             raise InputFailure(f"re-reading its header for the SR failed: {e.reason}") from None
         gate = self.pipeline.gate
-        return build_sr(header, dets, ImageResult.from_row(row, *((gate.low, gate.high) if gate else (None, None))))
+        low, high = (gate.low, gate.high) if gate else (None, None)
+        return build_sr(header, dets, ImageResult.from_row(row, low, high, classifier_from_row(row)))
 
     def _report(self, ready: dict[str, tuple], failures: FailureLog) -> None:
         for image_id, reason in failures.rows:

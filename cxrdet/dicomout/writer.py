@@ -9,16 +9,19 @@ which the loop lists as that image's failure.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from cxrdet.classes import CLASS_NAMES, NUM_FINDINGS
 from cxrdet.detections import Detections
 from cxrdet.dicomio.errors import BadDicomError
 from cxrdet.dicomio.meta import open_header
 from cxrdet.dicomout.sr import ImageResult, sr_bytes
 from cxrdet.errors import InputFailure, safe_child
 from cxrdet.formats import atomic
+from cxrdet.formats.image_level import classifier_column
 
 SR_SUFFIX = ".dcm"
 
@@ -26,6 +29,18 @@ SR_SUFFIX = ".dcm"
 def sr_path(sr_dir: str | os.PathLike, image_id: str) -> Path:
     """Where the SR of ``image_id`` goes; ids that would leave ``sr_dir`` are refused."""
     return safe_child(sr_dir, image_id, SR_SUFFIX)
+
+
+def classifier_from_row(row: Mapping) -> dict[int, float]:
+    """class_id -> probability of the 14 findings among an image-level row's ``clf_<class>``
+    columns (a VinBigData classifier's, from ``infer --classifier``); other classes (``abnormal``,
+    an NIH or folder classifier's names) have no finding code and stay in the image-level CSV."""
+    out = {}
+    for class_id, name in enumerate(CLASS_NAMES[:NUM_FINDINGS]):
+        value = row.get(classifier_column(name))
+        if value is not None and math.isfinite(float(value)):
+            out[class_id] = float(value)
+    return out
 
 
 class SRWriter:
@@ -57,7 +72,8 @@ class SRWriter:
             header = open_header(path)
         except BadDicomError as e:
             raise InputFailure(f"re-reading its header for the SR failed: {e.reason}") from None
-        result = ImageResult.from_row(row, self.low, self.high, self.classifier.get(sample.image_id))
+        probs = self.classifier.get(sample.image_id) or classifier_from_row(row)
+        result = ImageResult.from_row(row, self.low, self.high, probs)
         dets = dets.select(dets.scores >= self.min_score)
         out = atomic.write_bytes(sr_path(self.sr_dir, sample.image_id), sr_bytes(header, dets, result))
         self.written.append(out)

@@ -209,8 +209,8 @@ def record_image(result: ImageResult, args, out: Outputs) -> None:
         except Exception as e:
             raise InputFailure(f"writing its overlay failed: {failure_reason(e)}") from e
     submitted = keep_confident(result.final, args.conf)
-    if out.on_record is not None:
-        out.on_record(s, submitted, result.image_level)
+    if out.on_record is not None:  # the row as the image-level CSV will hold it (clf_* columns included)
+        out.on_record(s, submitted, {**result.image_level, **out.classifier_probs.get(s.image_id, {})})
     out.predictions[s.image_id] = submitted
     out.orig_sizes[s.image_id] = s.orig_hw
     out.image_level.append(result.image_level)
