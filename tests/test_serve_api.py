@@ -90,7 +90,8 @@ def test_predict_answer_shape_and_display_layout(client, artifacts):
     assert len(body["models"]["detectors"][0]["sha256"]) == 16
     assert body["models"]["gate"]["low"] == 0.0 and body["models"]["tta"] == "none"
     assert set(body["timings"]) == {"upload_ms", "decode_ms", "queue_ms", "model_ms", "total_ms"}
-    assert body["classifier"] is None and body["downloads"]["sr"] is None  # hooks, empty without them
+    assert body["classifier"] is None  # hook, empty without a classifier
+    assert body["downloads"]["sr"] == f"/v1/results/{body['request_id']}/sr.dcm"  # a DICOM upload
     d = body["display"]
     assert (d["height"], d["width"]) == (768, 616)  # the 96 x 77 cache image, enlarged 8x
     scores = [i["score"] for i in d["items"]]
@@ -332,3 +333,34 @@ def test_without_a_gate_the_answer_has_no_gate_fields_and_conf_filters_findings(
         assert body["findings"] and all(f["score"] >= 0.1 for f in body["findings"])
         assert len(tokens) == 6 * len(body["findings"])
         assert len(body["display"]["items"]) > len(body["findings"])  # the page still gets every box
+
+
+def test_dicom_upload_offers_its_sr_with_the_answers_boxes_and_png_does_not(client, artifacts):
+    """GET /v1/results/ID/sr.dcm: the SR of `cxrdet infer --sr-dir` for a DICOM upload, holding
+    the answer's findings (from min_score) and P(abnormal); a PNG upload has no source to reference."""
+    import io
+
+    import pydicom
+
+    from cxrdet.dicomout.sr import read_sr
+
+    body = post(client, artifacts["dicoms"][0]).json()
+    assert body["downloads"]["sr"] == f"/v1/results/{body['request_id']}/sr.dcm"
+    r = client.get(body["downloads"]["sr"], params={"min_score": 0})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    back = read_sr(pydicom.dcmread(io.BytesIO(r.content)))
+    source = pydicom.dcmread(artifacts["dicoms"][0], stop_before_pixels=True)
+    assert back.source_sop_instance_uid == source.SOPInstanceUID
+    found = sorted((f for f in body["findings"] if f["class_id"] != 14), key=lambda f: -f["score"])
+    assert len(back.detections) == len(found) > 0
+    np.testing.assert_allclose(back.detections.boxes, [f["box"] for f in found], atol=1e-3)
+    np.testing.assert_allclose(back.detections.scores, [f["score"] for f in found], atol=1e-4)
+    assert back.result.p_abnormal == pytest.approx(body["p_abnormal"], abs=1e-6)
+    top = client.get(body["downloads"]["sr"], params={"min_score": 1.0})
+    assert len(read_sr(pydicom.dcmread(io.BytesIO(top.content))).detections) == 0
+
+    ok, buf = cv2.imencode(".png", (phantom(60, 50, seed=4) >> 4).astype(np.uint8))
+    png = client.post("/v1/predict", files={"file": ("film.png", buf.tobytes())}).json()
+    assert png["downloads"]["sr"] is None
+    refused = client.get(f"/v1/results/{png['request_id']}/sr.dcm")
+    assert refused.status_code == 422 and "PNG/JPEG upload" in refused.json()["detail"]

@@ -74,7 +74,7 @@ def test_page_uploads_a_dicom_and_draws_the_servers_boxes(tmp_path, browser):
         assert browser.find_element(By.ID, "prediction-string").text == expected["prediction_string"]
         assert "p(abnormal) = " in browser.find_element(By.ID, "gate").text
         assert browser.find_element(By.ID, "classifier").get_attribute("hidden") is not None  # hook, no classifier
-        assert browser.find_element(By.ID, "download-sr").get_attribute("hidden") is not None  # hook, no SR
+        assert browser.find_element(By.ID, "download-sr").get_attribute("hidden") is None  # a DICOM: its SR is offered
 
         screenshot = tmp_path / "serve.png"
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000

@@ -74,6 +74,8 @@ router = APIRouter()
 API = {"dependencies": [Depends(require_token)], "responses": ERROR_RESPONSES}
 PNG = {"response_class": Response, "responses": {200: {"content": {"image/png": {}}}, **ERROR_RESPONSES},
        "dependencies": [Depends(require_token)], "tags": ["results"]}
+SR = {**PNG, "responses": {200: {"content": {"application/dicom": {}}, "description": "DICOM Comprehensive SR"},
+                           **ERROR_RESPONSES}}
 
 
 @router.get("/", include_in_schema=False)
@@ -117,11 +119,12 @@ async def predict(request: Request) -> JSONResponse:
         decoded = time.perf_counter()
         result, waited = await queue.predict(sample)
         done = time.perf_counter()
+        header = dicom_header(upload.path)  # read before the private folder goes
         request_id = new_request_id()
-        store.put(request_id, result)
+        store.put(request_id, result, header)
         timings = {"upload_ms": 1e3 * (received - start), "decode_ms": 1e3 * (decoded - received),
                    "queue_ms": 1e3 * waited, "model_ms": 1e3 * (done - decoded - waited)}
-        body = response_body(result, request_id, service.versions, timings, cfg.conf)
+        body = response_body(result, request_id, service.versions, timings, cfg.conf, has_sr=header is not None)
         body["timings"]["total_ms"] = round(1e3 * (time.perf_counter() - start), 2)
         return JSONResponse(body)
     finally:
@@ -160,6 +163,43 @@ async def overlay(request: Request, request_id: str, min_score: float = Query(No
     score = request.app.state.service.config.min_score if min_score is None else min_score
     png = overlay_png(result.sample.image, det, result.sample.orig_hw, score)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/v1/results/{request_id}/sr.dcm", **SR)
+async def structured_report(request: Request, request_id: str,
+                            min_score: float = Query(None, ge=0.0, le=1.0)) -> Response:
+    """The DICOM SR of a DICOM upload (``cxrdet infer --sr-dir``'s: TID 1500, boxes from
+    ``min_score``, default the page's, as regions in original pixels, P(abnormal) and the gate's
+    decision), a new series in the upload's study."""
+    from cxrdet.dicomout.sr import ImageResult as SRResult
+    from cxrdet.dicomout.sr import sr_bytes
+    from cxrdet.errors import InputFailure
+
+    service = request.app.state.service
+    item = request.app.state.store.get_stored(request_id)
+    stored(request.app.state.store, request_id)  # 404 for an unknown or expired id
+    if item.header is None:
+        raise UploadRejected(422, "a DICOM SR references its source DICOM (study, series, patient): this result "
+                                  "came from a PNG/JPEG upload; upload the DICOM file instead")
+    result, gate = item.result, service.predictor.gate
+    score = service.config.min_score if min_score is None else min_score
+    dets = result.final.select(result.final.scores >= score)
+    sr_result = SRResult(result.p_abnormal, gate.low if gate else None, gate.high if gate else None)
+    try:
+        data = sr_bytes(item.header, dets, sr_result)
+    except InputFailure as e:  # e.g. the upload has no StudyInstanceUID or PatientID
+        raise UploadRejected(422, str(e)) from None
+    name = f"{result.sample.image_id}.sr.dcm"
+    return Response(data, media_type="application/dicom",
+                    headers={"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def dicom_header(path: Path):
+    """The upload's DICOM header without pixels, or None for a PNG/JPEG."""
+    from cxrdet.dicomio.meta import open_header
+    from cxrdet.serve.uploads import sniff
+
+    return open_header(path) if sniff(path) == "dicom" else None
 
 
 def stored(store: ResultStore, request_id: str):

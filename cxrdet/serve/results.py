@@ -64,7 +64,7 @@ def display_block(layout: OverlayLayout, request_id: str) -> dict:
 
 
 def response_body(result: ImageResult, request_id: str, versions: dict, timings: dict,
-                  conf: float | None = None) -> dict:
+                  conf: float | None = None, has_sr: bool = False) -> dict:
     """The API's answer; ``conf`` filters the findings as ``cxrdet infer --conf`` filters the
     submission (the page still shows every box from score 0, as infer's overlays do)."""
     s = result.sample
@@ -86,7 +86,9 @@ def response_body(result: ImageResult, request_id: str, versions: dict, timings:
         # hooks: filled when an image-level classifier (probabilities, heatmaps) or a DICOM SR
         # writer is loaded; None meanwhile (docs/serve.md)
         "classifier": None,
-        "downloads": {"overlay_png": f"/v1/results/{request_id}/overlay.png", "sr": None},
+        # the SR needs the source's UIDs and patient: DICOM uploads only
+        "downloads": {"overlay_png": f"/v1/results/{request_id}/overlay.png",
+                      "sr": f"/v1/results/{request_id}/sr.dcm" if has_sr else None},
     }
 
 
@@ -94,6 +96,7 @@ def response_body(result: ImageResult, request_id: str, versions: dict, timings:
 class Stored:
     result: ImageResult
     at: float
+    header: object = None  # the DICOM upload's header (no pixels), for its SR; None for PNG/JPEG
 
 
 class ResultStore:
@@ -104,19 +107,22 @@ class ResultStore:
         self._items: OrderedDict[str, Stored] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, request_id: str, result: ImageResult) -> None:
+    def put(self, request_id: str, result: ImageResult, header=None) -> None:
         with self._lock:
-            self._items[request_id] = Stored(result, time.monotonic())
+            self._items[request_id] = Stored(result, time.monotonic(), header)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
     def get(self, request_id: str) -> ImageResult | None:
+        item = self.get_stored(request_id)
+        return None if item is None else item.result
+
+    def get_stored(self, request_id: str) -> Stored | None:
         with self._lock:
             now = time.monotonic()
             for key in [k for k, v in self._items.items() if now - v.at > self.ttl_s]:
                 del self._items[key]
-            item = self._items.get(request_id)
-            return None if item is None else item.result
+            return self._items.get(request_id)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -201,6 +201,18 @@ async function downloadOverlay() {
   save(await response.blob(), r.image_id + "_overlay.png");
 }
 
+async function downloadSR() {
+  const r = state.result;
+  const params = new URLSearchParams({ min_score: $("min-score").value });
+  const response = await fetch(r.downloads.sr + "?" + params, { headers: authHeaders() });
+  if (!response.ok) {
+    const reason = (await response.json().catch(() => ({}))).detail || "the result may have expired; upload again";
+    setStatus("DICOM SR refused (" + response.status + "): " + reason, "error");
+    return;
+  }
+  save(await response.blob(), r.image_id + ".sr.dcm");
+}
+
 function init() {
   const drop = $("drop"), input = $("file");
   input.addEventListener("change", () => upload(input.files[0]));
@@ -220,6 +232,7 @@ function init() {
     save(new Blob([JSON.stringify(r, null, 2)], { type: "application/json" }), r.image_id + ".json");
   });
   $("download-overlay").addEventListener("click", downloadOverlay);
+  $("download-sr").addEventListener("click", downloadSR);
   $("token").value = sessionStorage.getItem("cxrdet-token") || "";
   loadInfo().catch((err) => setStatus("Cannot read /healthz: " + err, "error"));
 }
