@@ -158,14 +158,7 @@ def _replace(doc, path, value, delete=False):
     if not path:
         return value
     head, rest = path[0], path[1:]
-    if isinstance(doc, dict):
-        out = dict(doc)
-        if delete and not rest:
-            del out[head]
-        else:
-            out[head] = _replace(doc[head], rest, value, delete)
-        return out
-    out = list(doc)
+    out = dict(doc) if isinstance(doc, dict) else list(doc)  # a copy: the seed document stays as it is
     if delete and not rest:
         del out[head]
     else:

@@ -26,7 +26,7 @@ from pathlib import Path
 from cxrdet.classifier.config import ARCHITECTURE_FIELDS, ARCHS, OPTIMIZERS, VALIDATION_FIELDS, ClassifierConfig
 from cxrdet.errors import UserError
 from cxrdet.flags import add_training_device_flag, apply_device_shorthand
-from cxrdet.training.loggers import add_logger_flag, parse_loggers
+from cxrdet.training.loggers import add_logger_flag, loggers_from_flag
 from cxrdet.training.resume import (CKPT_DIR, LAST, RESUME_ALWAYS, RESUME_AUTO, changed_field, checkpoint_to_resume,
                                     locked_field_error)
 
@@ -123,10 +123,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[ClassifierConfig, Path | N
         raise locked_field_error(base, given, name, "--" + name.replace("_", "-"), out / CONFIG_FILE, ckpt,
                                  architecture=name in ARCHITECTURE_FIELDS, is_path=name in PATH_FIELDS)
     cfg = dataclasses.replace(base, **given, out=str(out))
-    try:
-        cfg.loggers = parse_loggers(cfg.loggers)
-    except ValueError as e:
-        raise UserError(f"--logger: {e}") from None
+    cfg.loggers = loggers_from_flag(cfg.loggers)
     for name in ("cache", "labels", "folds"):
         if not getattr(cfg, name):
             raise UserError(f"--{name} is required (or --resume a run whose config.json names it)")

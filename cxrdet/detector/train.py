@@ -36,7 +36,7 @@ from cxrdet.detector.resume import (
 )
 from cxrdet.errors import UserError
 from cxrdet.flags import RenamedFlag, add_training_device_flag, apply_device_shorthand
-from cxrdet.training.loggers import add_logger_flag, build_loggers, parse_loggers
+from cxrdet.training.loggers import add_logger_flag, build_loggers, loggers_from_flag
 from cxrdet.training.resume import checkpoint_to_resume, locked_field_error
 
 CONFIG_FILE = "config.json"
@@ -144,10 +144,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[DetectorConfig, Path | Non
     if ckpt:
         check_unchanged(base, given, out / CONFIG_FILE, ckpt)
     cfg = dataclasses.replace(base, **given, out=str(out))
-    try:
-        cfg.loggers = parse_loggers(cfg.loggers)
-    except ValueError as e:
-        raise UserError(f"--logger: {e}") from None
+    cfg.loggers = loggers_from_flag(cfg.loggers)
     for name in ("cache", "labels", "folds"):
         if not getattr(cfg, name):
             raise UserError(f"--{name} is required (or --resume a run whose config.json names it)")

@@ -52,13 +52,11 @@ class SRWriter:
     """
 
     def __init__(self, sr_dir: str | os.PathLike, paths: Mapping[str, os.PathLike],
-                 low: float | None = None, high: float | None = None,
-                 classifier: Mapping[str, Mapping[int, float]] | None = None, min_score: float = 0.0) -> None:
+                 low: float | None = None, high: float | None = None, min_score: float = 0.0) -> None:
         self.sr_dir = Path(sr_dir)
         self.min_score = float(min_score)
         self.paths = paths
         self.low, self.high = low, high
-        self.classifier = classifier or {}  # image_id -> {class_id: probability}
         self.written: list[Path] = []
 
     def check_names(self, ids) -> None:
@@ -72,8 +70,7 @@ class SRWriter:
             header = open_header(path)
         except BadDicomError as e:
             raise InputFailure(f"re-reading its header for the SR failed: {e.reason}") from None
-        probs = self.classifier.get(sample.image_id) or classifier_from_row(row)
-        result = ImageResult.from_row(row, self.low, self.high, probs)
+        result = ImageResult.from_row(row, self.low, self.high, classifier_from_row(row))
         dets = dets.select(dets.scores >= self.min_score)
         out = atomic.write_bytes(sr_path(self.sr_dir, sample.image_id), sr_bytes(header, dets, result))
         self.written.append(out)

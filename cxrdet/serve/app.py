@@ -176,8 +176,7 @@ async def structured_report(request: Request, request_id: str,
     from cxrdet.errors import InputFailure
 
     service = request.app.state.service
-    item = request.app.state.store.get_stored(request_id)
-    stored(request.app.state.store, request_id)  # 404 for an unknown or expired id
+    item = stored_item(request.app.state.store, request_id)
     if item.header is None:
         raise UploadRejected(422, "a DICOM SR references its source DICOM (study, series, patient): this result "
                                   "came from a PNG/JPEG upload; upload the DICOM file instead")
@@ -203,11 +202,16 @@ def dicom_header(path: Path):
 
 
 def stored(store: ResultStore, request_id: str):
-    result = store.get(request_id)
-    if result is None:
+    return stored_item(store, request_id).result
+
+
+def stored_item(store: ResultStore, request_id: str):
+    """The stored result (and upload header) of ``request_id``; 404 when unknown or expired."""
+    item = store.get(request_id)
+    if item is None:
         raise UploadRejected(404, f"no recent result {request_id!r} (results are kept for a few minutes); "
                                   "POST the image to /v1/predict again")
-    return result
+    return item
 
 
 def install_error_handlers(app) -> None:

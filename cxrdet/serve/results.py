@@ -113,11 +113,8 @@ class ResultStore:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
-    def get(self, request_id: str) -> ImageResult | None:
-        item = self.get_stored(request_id)
-        return None if item is None else item.result
-
-    def get_stored(self, request_id: str) -> Stored | None:
+    def get(self, request_id: str) -> Stored | None:
+        """The result (and upload header) of ``request_id``; None when unknown or expired."""
         with self._lock:
             now = time.monotonic()
             for key in [k for k, v in self._items.items() if now - v.at > self.ttl_s]:

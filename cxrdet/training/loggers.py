@@ -22,6 +22,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from cxrdet.errors import UserError
+
 LOGGERS = ("tensorboard", "csv", "mlflow")
 DEFAULT_LOGGERS = ["csv", "tensorboard"]  # what every run wrote before loggers were a choice
 MLFLOW_DB = "mlflow.db"
@@ -51,6 +53,14 @@ def add_logger_flag(p: argparse.ArgumentParser) -> None:
                    help="experiment logger(s); repeat or comma-separate, e.g. --logger csv,mlflow. mlflow logs to "
                         f"the local store sqlite:///RUN_DIR/{MLFLOW_DB} (no server; `mlflow ui --backend-store-uri` "
                         f"it). Default: {','.join(DEFAULT_LOGGERS)}")
+
+
+def loggers_from_flag(values: Iterable[str] | None) -> list[str]:
+    """:func:`parse_loggers` for a command's ``--logger`` values: a UserError naming the flag."""
+    try:
+        return parse_loggers(values)
+    except ValueError as e:
+        raise UserError(f"--logger: {e}") from None
 
 
 def mlflow_tracking_uri(run_dir: str | Path) -> str:
