@@ -105,3 +105,42 @@ def train_args(paths: dict[str, Path], out: Path, *extra) -> list[str]:
             "--val-batch-size", 32, "--workers", 0, "--lr", 2e-3, "--warmup-steps", 5, "--accelerator", "cpu",
             "--devices", 1, "--log-every-n-steps", 1, *extra]
     return [str(a) for a in args]
+
+
+LOCAL_CACHE = 128  # the cache of the localisation fixture: layer4 of a ResNet is 4x4 at this size
+LESION = 20  # side of a drawn lesion in cache pixels (~2.4% of the image: chance is low)
+
+
+def make_localised(root: Path, n: int = 120, seed: int = 0) -> dict[str, Path]:
+    """Like :func:`make_vinbig`, but each finding is drawn at a random place and every reader's box
+    is where it was drawn (original = 2x cache pixels): class 0 a bright square, class 3 a grey disc."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    side = LOCAL_CACHE
+    writer = CacheWriter(root / "cache.h5", CacheSettings(size=side, voi="auto"))
+    rows, folds = [], []
+    for k in range(n):
+        image_id = f"loc{k:04d}"
+        image = rng.normal(70, 15, (side, side)).clip(0, 255).astype(np.float32)
+        boxes = []
+        for cls, p in ((0, 0.5), (3, 0.4)):
+            if rng.random() >= p:
+                continue
+            x, y = (int(v) for v in rng.integers(4, side - LESION - 4, 2))
+            if cls == 0:
+                image[y:y + LESION, x:x + LESION] = 215
+            else:
+                cv2.circle(image, (x + LESION // 2, y + LESION // 2), LESION // 2, 150, -1)
+            boxes.append((cls, [2.0 * x, 2.0 * y, 2.0 * (x + LESION), 2.0 * (y + LESION)]))
+        writer.write(image_id, image.clip(0, 255).astype(np.uint8), (2 * side, 2 * side))
+        folds.append((image_id, k % 2))
+        for rad in READERS:
+            if not boxes:
+                rows.append((image_id, CLASS_NAMES[NO_FINDING], NO_FINDING, rad, "", "", "", ""))
+            for cls, b in boxes:
+                rows.append((image_id, CLASS_NAMES[cls], cls, rad, *b))
+    writer.finish()
+    cols = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+    pd.DataFrame(rows, columns=cols).to_csv(root / "train.csv", index=False)
+    pd.DataFrame(folds, columns=["image_id", "fold"]).to_csv(root / "folds.csv", index=False)
+    return {"cache": root / "cache.h5", "labels": root / "train.csv", "folds": root / "folds.csv"}

@@ -6,6 +6,11 @@ bootstrap 95% interval, macro AUROC, ROC curves and a reliability diagram with t
 calibration error (soft labels count as positive from 0.5). Multi-class: accuracy, per-class
 precision / recall / F1 and a confusion matrix. Writes ``--out/metrics.json`` and PNGs under
 ``--out/plots/``, prints a table (:mod:`cxrdet.classifier.scores` for the definitions).
+
+``--cam HEATMAPS.h5`` (``classify --cam-raw``) adds how well the heatmaps localise against the
+VinBigData boxes of ``--labels``: the pointing game per class with its chance level, and the
+heatmap-derived boxes scored with mAP@0.4 (:mod:`cxrdet.classifier.cam_eval`), in
+``metrics.json`` under ``cam``, the boxes as ``cam_boxes.csv`` and ``plots/pointing_game.png``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrdet.classifier.heatmap_boxes import DEFAULT_MIN_AREA, DEFAULT_THRESHOLD
 from cxrdet.errors import UserError
 from cxrdet.flags import DEFAULT_SEED
 from cxrdet.formats import atomic
@@ -28,7 +34,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                                             "with scikit-learn: AUROC + bootstrap CI, calibration / accuracy, "
                                             "per-class P/R/F1, confusion matrix. JSON, PNGs and a printed table.")
     p.add_argument("--labels", required=True, help="VinBigData train.csv, NIH-style CSV or a folder per class")
-    p.add_argument("--probs", required=True, help="probability CSV from `cxrdet classify`")
+    p.add_argument("--probs", help="probability CSV from `cxrdet classify` (needed unless --cam is given)")
+    p.add_argument("--cam", metavar="HEATMAPS_H5", help="raw heatmaps (`classify --cam-dir DIR --cam-raw`: "
+                   "DIR/heatmaps.h5): pointing game + heatmap-box mAP@0.4 against the boxes of --labels")
+    p.add_argument("--cam-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="heatmap boxes: components above this share of the heatmap's maximum (default: %(default)s)")
+    p.add_argument("--cam-min-area", type=int, default=DEFAULT_MIN_AREA,
+                   help="heatmap boxes: smallest component kept, in heatmap pixels (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json and plots/")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples of the images for the 95%% AUROC intervals (0 = none; default: %(default)s)")
@@ -87,6 +99,37 @@ def print_table(report: dict) -> None:
           f"{report['images']} images; pooled ECE {report['ece_pooled']:.4f}")
 
 
+def print_cam(report: dict) -> None:
+    pg = report["pointing_game"]
+    print(f"{'class (Grad-CAM)':<28} {'pairs':>6} {'hit rate':>9} {'chance':>7} {'box AP':>7}")
+    for name, e in pg["per_class"].items():
+        ap = report["heatmap_box_map"]["per_class"].get(name)
+        ap_text = f"{ap:.4f}" if ap is not None and np.isfinite(ap) else "-"
+        print(f"{name[:28]:<28} {e['pairs']:>6d} {e['hit_rate']:>9.3f} {e['chance']:>7.3f} {ap_text:>7}")
+    o, m = pg["overall"], report["heatmap_box_map"]
+    if o["pairs"]:
+        print(f"pointing game {o['hit_rate']:.3f} (chance {o['chance']:.3f}) over {o['pairs']} image-class pairs")
+    print(f"heatmap boxes: mAP@0.4 {m['map']:.4f}, without class 14 {m['map_no14']:.4f} "
+          f"({report['heatmap_boxes']} boxes on {report['images']} images)")
+
+
+def evaluate_cam(args: argparse.Namespace, out: Path) -> dict:
+    """The ``--cam`` part: report, cam_boxes.csv and the pointing-game picture."""
+    from cxrdet.classifier import plots
+    from cxrdet.classifier.cam_eval import cam_report
+
+    if not 0 < args.cam_threshold <= 1 or args.cam_min_area < 1:
+        raise UserError(f"--cam-threshold must be in (0, 1] and --cam-min-area >= 1, got {args.cam_threshold} "
+                        f"and {args.cam_min_area}")
+    report, boxes = cam_report(args.labels, args.cam, args.cam_threshold, args.cam_min_area)
+    atomic.write_frame(out / "cam_boxes.csv", boxes)
+    if report["pointing_game"]["overall"]["pairs"]:
+        plots.plot_pointing_game(report["pointing_game"], out / "plots/pointing_game.png")
+    report["heatmaps"] = str(args.cam)
+    print_cam(report)
+    return report
+
+
 def main(args: argparse.Namespace) -> int:
     from cxrdet.classifier import plots, scores
     from cxrdet.classifier.labels import read_label_source
@@ -94,11 +137,18 @@ def main(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.probs is None and args.cam is None:
+        raise UserError("pass --probs (class probabilities to score), --cam (heatmaps to score) or both")
+    out = Path(args.out)
+    if args.probs is None:
+        report = {"labels": str(args.labels), "cam": evaluate_cam(args, out)}
+        atomic.write_json(out / "metrics.json", report)
+        print(f"report {out / 'metrics.json'}")
+        return 0
     labels = read_label_source(args.labels)
     names, truth, probs, notes = aligned(labels, read_probabilities(args.probs))
     for note in notes:
         print(f"evaluate-classifier: {note}", file=sys.stderr)
-    out = Path(args.out)
     if labels.task == "multiclass":
         report = scores.multiclass_report(names, truth.argmax(axis=1), probs)
         pictures = [plots.plot_confusion(names, np.asarray(report["confusion_matrix"]), out / "plots/confusion_matrix.png")]
@@ -107,7 +157,9 @@ def main(args: argparse.Namespace) -> int:
         pictures = [plots.plot_roc_curves(names, truth, probs, report, out / "plots/roc_curves.png"),
                     plots.plot_reliability(report, out / "plots/reliability.png")]
     report.update({"labels": str(args.labels), "probs": str(args.probs), "label_source": labels.source, "notes": notes})
-    atomic.write_json(out / "metrics.json", report)
     print_table(report)
+    if args.cam is not None:
+        report["cam"] = evaluate_cam(args, out)
+    atomic.write_json(out / "metrics.json", report)
     print(f"report {out / 'metrics.json'}; plots {', '.join(str(p) for p in pictures)}")
     return 0

@@ -67,3 +67,23 @@ def plot_confusion(names: list[str], matrix: np.ndarray, path) -> Path:
     ConfusionMatrixDisplay(np.asarray(matrix), display_labels=names).plot(ax=ax, colorbar=False, xticks_rotation=45)
     ax.set_title("confusion matrix (rows: truth)")
     return _save(fig, path)
+
+
+def plot_pointing_game(pointing: dict, path) -> Path:
+    """Pointing-game hit rate per class next to its chance level (bars), pairs in the labels."""
+    names = list(pointing["per_class"])
+    fig = _figure(8, 0.8 + 0.4 * max(1, len(names)))
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(names))
+    hits = [pointing["per_class"][n]["hit_rate"] for n in names]
+    chance = [pointing["per_class"][n]["chance"] for n in names]
+    ax.barh(y + 0.2, hits, height=0.4, label="Grad-CAM peak inside a box", color="tab:red")
+    ax.barh(y - 0.2, chance, height=0.4, label="chance (area share of the boxes)", color="tab:grey")
+    ax.set_yticks(y, [f"{n} (n={pointing['per_class'][n]['pairs']})" for n in names])
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    o = pointing["overall"]
+    if o["pairs"]:
+        ax.set_title(f"pointing game: {o['hit_rate']:.3f} vs chance {o['chance']:.3f} over {o['pairs']} image-class pairs")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

@@ -7,6 +7,9 @@ inputs (HDF5 cache | DICOM folder | PNG/JPEG folder, prepared exactly as ``cxrde
 ``<out stem>.provenance.json`` (which classifier, trained on which folds, predicted which
 images: :mod:`cxrdet.formats.provenance`), so stacking can check the evidence is out-of-fold.
 
+Heatmaps: ``--cam-dir DIR`` adds Grad-CAM overlay PNGs of the ``--cam-classes`` per image and,
+with ``--cam-raw``, the raw heatmaps in ``DIR/heatmaps.h5`` (:mod:`cxrdet.inference.cam_output`).
+
 Sharding: ``--shard i/n`` predicts every n-th sorted id from i; ``cxrdet merge-probabilities``
 combines the shards (rows, errors CSVs and provenance records).
 """
@@ -52,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="i/n", help="process shard i of n; combine with `cxrdet merge-probabilities`")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
+    p.add_argument("--cam-dir", metavar="DIR", help="also write Grad-CAM heatmap overlays (PNG per image and class) here")
+    p.add_argument("--cam-classes", default="top3", metavar="top3|all|ID,...",
+                   help="classes explained per image: topK most probable findings, all outputs, or a list of class "
+                        "indices / names (default: %(default)s)")
+    p.add_argument("--cam-raw", action="store_true",
+                   help="with --cam-dir: also the raw heatmaps in DIR/heatmaps.h5 (for `evaluate-classifier --cam`)")
     add_device_flag(p, "the classifiers run")
     p.add_argument("--out", required=True, help="probability CSV image_id,<class>,... (written atomically)")
     return p
@@ -101,8 +110,8 @@ def build_source(args: argparse.Namespace, settings) -> ImageSource:
     return source
 
 
-def run(source: ImageSource, models, device: torch.device, args) -> tuple[dict, FailureLog]:
-    """The batched loop: ``({image_id: probabilities}, failures)``."""
+def run(source: ImageSource, models, device: torch.device, args, cam=None) -> tuple[dict, FailureLog]:
+    """The batched loop: ``({image_id: probabilities}, failures)``; ``cam`` (a CamOutput) explains each batch."""
     from cxrdet.classifier.predict import ensemble_probabilities
 
     loader = DataLoader(source, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_samples)
@@ -121,8 +130,24 @@ def run(source: ImageSource, models, device: torch.device, args) -> tuple[dict, 
                 except Exception as e:  # e.g. out of memory: the batch's images are listed, the run goes on
                     for s in good:
                         failures.add(s.image_id, f"the classifier failed on its batch: {failure_reason(e)}")
+                    good = []
+                if cam is not None and good:
+                    cam.add_batch(good, values, failures)
             bar.update(len(batch))
     return probs, failures
+
+
+def open_cam(args: argparse.Namespace, models, device: torch.device, records: list):
+    """The CamOutput of ``--cam-dir`` (None without it), classes checked before any image is read."""
+    if args.cam_dir is None:
+        if args.cam_raw:
+            raise UserError("--cam-raw needs --cam-dir DIR (the raw heatmaps go to DIR/heatmaps.h5)")
+        return None
+    from cxrdet.classifier.cam import parse_cam_classes
+    from cxrdet.inference.cam_output import CamOutput
+
+    classes = parse_cam_classes(args.cam_classes, models[0][1].class_names)
+    return CamOutput(args.cam_dir, models, classes, device, args.batch_size, args.cam_raw, records)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -136,9 +161,19 @@ def main(args: argparse.Namespace) -> int:
     cfg = models[0][1]
     print(f"classify: {len(source)} images, {len(models)} {cfg.task} classifier(s) over {len(cfg.class_names)} "
           f"classes, tta={args.tta}, device {device}", file=sys.stderr)
+    cam = open_cam(args, models, device, records)
     start = time.perf_counter()
-    probs, failures = run(source, models, device, args)
+    try:
+        probs, failures = run(source, models, device, args, cam)
+    except BaseException:
+        if cam is not None:
+            cam.close(ok=False)
+        raise
     elapsed = time.perf_counter() - start
+    if cam is not None:
+        raw = cam.close()
+        print(f"classify: {cam.pictures} heatmap picture(s) in {args.cam_dir}" + (f", raw heatmaps {raw}" if raw else ""),
+              file=sys.stderr)
     write_probabilities(args.out, cfg.class_names, probs)
     write_provenance(args.out, [{"models": records, "folds": str(Path(args.folds).resolve()) if args.folds else None,
                                  "fold": args.fold, "shard": args.shard, "tta": args.tta,

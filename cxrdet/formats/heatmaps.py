@@ -1,0 +1,131 @@
+"""The raw heatmap file of ``cxrdet classify --cam-raw``: one HDF5 file, one group per image.
+
+Layout (format ``cxrdet-heatmaps`` version 1)::
+
+    /                 attrs: format, version, class_names (JSON list), method, models (JSON)
+    /images/<n>       one group per image, n = 0, 1, ... in writing order; attrs:
+                        image_id     the image id (ids are data, never HDF5 path names)
+                        orig_hw      [rows, columns] of the original image
+                        class_ids    [K] indices into class_names, one per heatmap
+                        probability  [K] the classifier's probability of each of those classes
+    /images/<n>/heatmaps  float16 [K, h, w] in [0, 1], at the cache size of the image
+                        (same aspect ratio as the original)
+
+Mapping to original pixels: with the continuous pixel convention of :mod:`cxrdet.boxes`, a
+point ``(x, y)`` of a heatmap of size ``(h, w)`` is ``(x * columns / w, y * rows / h)`` in the
+original; :func:`cxrdet.boxes.scale_boxes` with ``src_hw=(h, w)``, ``dst_hw=orig_hw`` maps boxes.
+The file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cxrdet.errors import UserError
+
+FORMAT = "cxrdet-heatmaps"
+VERSION = 1
+MAPPING = "x_orig = x * columns / w, y_orig = y * rows / h (continuous pixel coordinates)"
+
+
+@dataclass
+class HeatmapRecord:
+    """The heatmaps of one image (``heatmaps[k]`` explains class ``class_ids[k]``)."""
+
+    image_id: str
+    orig_hw: tuple[int, int]
+    class_ids: list[int]
+    probability: list[float]
+    heatmaps: np.ndarray  # float32 [K, h, w] in [0, 1]
+
+
+class HeatmapWriter:
+    """Append images' heatmaps to ``path``; :meth:`close` publishes the file, :meth:`abort` drops it."""
+
+    def __init__(self, path: str | os.PathLike, class_names: list[str], method: str, models: list) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp.h5")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._f = h5py.File(self._tmp, "w")
+        self._f.attrs.update({"format": FORMAT, "version": VERSION, "class_names": json.dumps(list(class_names)),
+                              "method": method, "models": json.dumps(models), "mapping": MAPPING})
+        self._images = self._f.create_group("images")
+        self.count = 0
+
+    def add(self, record: HeatmapRecord) -> None:
+        g = self._images.create_group(str(self.count))
+        g.attrs.update({"image_id": record.image_id, "orig_hw": np.asarray(record.orig_hw, dtype=np.int64),
+                        "class_ids": np.asarray(record.class_ids, dtype=np.int64),
+                        "probability": np.asarray(record.probability, dtype=np.float64)})
+        g.create_dataset("heatmaps", data=np.asarray(record.heatmaps, dtype=np.float16), compression="gzip",
+                         compression_opts=4)
+        self.count += 1
+
+    def close(self) -> Path:
+        self._f.close()
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def _record(path: Path, name: str, g: h5py.Group, n_classes: int) -> HeatmapRecord:
+    where = f"{path}: image group {name}"
+    try:
+        maps = np.asarray(g["heatmaps"][()], dtype=np.float32)
+        ids = [int(c) for c in np.atleast_1d(g.attrs["class_ids"])]
+        prob = [float(p) for p in np.atleast_1d(g.attrs["probability"])]
+        rows, cols = (int(v) for v in np.asarray(g.attrs["orig_hw"]).reshape(2))
+        image_id = str(g.attrs["image_id"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"{where} is incomplete ({e}); expected heatmaps, image_id, orig_hw, class_ids, "
+                        "probability as `cxrdet classify --cam-raw` writes") from None
+    if maps.ndim != 3 or len(ids) != maps.shape[0] or len(prob) != len(ids):
+        raise UserError(f"{where}: {maps.shape} heatmaps for {len(ids)} class ids and {len(prob)} probabilities; "
+                        "expected one [h, w] heatmap per class id")
+    if any(not 0 <= c < n_classes for c in ids) or rows <= 0 or cols <= 0:
+        raise UserError(f"{where}: class ids {ids} outside 0..{n_classes - 1} or original size {rows}x{cols}")
+    if not np.isfinite(maps).all():
+        raise UserError(f"{where}: heatmaps hold NaN or infinity")
+    return HeatmapRecord(image_id, (rows, cols), ids, prob, maps)
+
+
+def read_heatmaps(path: str | os.PathLike) -> tuple[list[str], Iterator[HeatmapRecord]]:
+    """``(class_names, records)`` of a heatmap file, checked group by group as it is read."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"heatmap file {path} does not exist; write it with `cxrdet classify --cam-dir DIR --cam-raw`")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise UserError(f"{path} is not an HDF5 file ({e}); expected the heatmaps.h5 of `classify --cam-raw`") from None
+    if f.attrs.get("format") != FORMAT or "images" not in f:
+        f.close()
+        raise UserError(f"{path} is not a cxrdet heatmap file (format {f.attrs.get('format')!r}, expected {FORMAT!r})")
+    try:
+        names = json.loads(f.attrs["class_names"])
+        assert isinstance(names, list) and all(isinstance(n, str) for n in names)
+    except (KeyError, ValueError, AssertionError):
+        f.close()
+        raise UserError(f"{path}: class_names is not a JSON list of strings") from None
+
+    def records() -> Iterator[HeatmapRecord]:
+        with f:
+            group = f["images"]
+            for name in sorted(group, key=lambda k: (len(k), k)):
+                yield _record(path, name, group[name], len(names))
+
+    return names, records()
