@@ -168,7 +168,6 @@ def build_pipeline(args: argparse.Namespace):
     from cxrdet.device import torch_device
     from cxrdet.dicomout.node import Pipeline
     from cxrdet.inference import infer
-    from cxrdet.inference.predictor import PredictSettings, Predictor
 
     defaults = infer.get_args_parser().parse_args(["--model", "m", "--dicom-dir", "d", "--out", "o"])
     shared = {k: v for k, v in vars(args).items() if k in vars(defaults)}
@@ -177,8 +176,8 @@ def build_pipeline(args: argparse.Namespace):
     infer.check_args(ns)
     device = torch_device(ns.device, torch.cuda.device_count())
     models, settings, _ = infer.load_detectors(ns.model, device)
-    predictor = Predictor(models, infer.load_gate(ns), PredictSettings(tta=ns.tta, wbf_iou=ns.wbf_iou))
     classifiers = infer.load_classifiers(ns.classifier, device, settings) if ns.classifier else None
+    predictor = infer.build_predictor(ns, models, infer.load_gate(ns), classifiers)
     return Pipeline(predictor, settings, ns, classifiers, device)
 
 

@@ -12,6 +12,9 @@ DataFrame indexed by image_id. Column groups are told apart by prefix:
 - ``det_*``: per-class maximum score and counts of detections with score >= 0.1 / 0.3 / 0.5,
   plus the same over all classes. Only scores and class ids are used, so the detections may be
   in cache or original pixels. Class 14 rows (a previous gate's "No finding" call) are ignored.
+- ``clf_*``: the image-level classifier's probability per class (``cxrdet classify``), one
+  column per class named as in the image-level CSV (:func:`cxrdet.formats.image_level.classifier_column`);
+  an image without probabilities gets NaN.
 
 ``FeatureSchema`` is the frozen description of a trained model's table (names in order, kinds,
 category lists). It encodes a table for XGBoost and refuses one built differently.
@@ -28,6 +31,7 @@ import pandas as pd
 from cxrdet.classes import NUM_FINDINGS
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
+from cxrdet.formats.image_level import classifier_column
 
 # META.csv column -> feature name. Numbers first, then categories; this order is the table's.
 META_NUMERIC = {
@@ -46,25 +50,30 @@ META_CATEGORICAL = {
 }
 META_REQUIRED = ["image_id", *META_NUMERIC, *META_CATEGORICAL]
 DET_THRESHOLDS = (0.1, 0.3, 0.5)  # "a few" score levels: weak, medium and confident evidence
-FEATURE_GROUPS = {"metadata": "meta_", "pixel": "px_", "detector": "det_"}
+# in ablation order: each group is added to the ones before it (train-gate's report)
+FEATURE_GROUPS = {"metadata": "meta_", "pixel": "px_", "detector": "det_", "classifier": "clf_"}
 
 
 def build_features(
     meta_df: pd.DataFrame,
     pixel_df: pd.DataFrame | None = None,
     detections: dict[str, Detections] | None = None,
+    classifier: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The gate's feature table, indexed by image_id, in a fixed column order.
 
     Every image of ``meta_df`` gets a row. ``pixel_df`` must cover them all; an image missing
     from ``detections`` gets NaN detector features (unknown), an image present with no boxes
-    gets zeros (the detector looked and found nothing).
+    gets zeros (the detector looked and found nothing). ``classifier``: probabilities indexed
+    by image_id, one ``clf_*`` column per class (:func:`classifier_frame`).
     """
     table = metadata_features(meta_df)
     if pixel_df is not None:
         table = table.join(pixel_table(pixel_df, table.index), how="left")
     if detections is not None:
         table = table.join(detector_features(detections, table.index), how="left")
+    if classifier is not None:
+        table = table.join(classifier_features(classifier, table.index), how="left")
     return table
 
 
@@ -128,6 +137,25 @@ def detector_features(detections: dict[str, Detections], image_ids: pd.Index) ->
     return pd.DataFrame(values, index=pd.Index(image_ids, name="image_id"), columns=names)
 
 
+def classifier_frame(probs: pd.DataFrame) -> pd.DataFrame:
+    """Probabilities with one column per class name -> the same with ``clf_*`` feature names."""
+    names = [classifier_column(str(c)) for c in probs.columns]
+    if len(set(names)) != len(names):
+        raise UserError(f"classifier classes {list(probs.columns)} give the same feature name twice ({names}); "
+                        "rename the classes so they differ in letters or digits")
+    return probs.set_axis(names, axis=1)
+
+
+def classifier_features(probs: pd.DataFrame, image_ids: pd.Index) -> pd.DataFrame:
+    """The ``clf_*`` columns of ``probs`` (:func:`classifier_frame`) for ``image_ids``; absent images are NaN."""
+    bad = [c for c in probs.columns if not str(c).startswith(FEATURE_GROUPS["classifier"])]
+    if bad:
+        raise ValueError(f"classifier feature columns must be clf_* names (classifier_frame), got {bad[:4]}")
+    values = probs.astype(np.float64)
+    values.index = values.index.astype(str)
+    return values.reindex(pd.Index(image_ids, name="image_id"))
+
+
 def _evidence(det: Detections) -> np.ndarray:
     """One image's detector features, in ``detector_feature_names()`` order."""
     keep = (det.class_ids >= 0) & (det.class_ids < NUM_FINDINGS)
@@ -141,7 +169,7 @@ def _evidence(det: Detections) -> np.ndarray:
 
 
 def feature_group(name: str) -> str:
-    """'metadata', 'pixel' or 'detector' for a feature name."""
+    """'metadata', 'pixel', 'detector' or 'classifier' for a feature name."""
     for group, prefix in FEATURE_GROUPS.items():
         if name.startswith(prefix):
             return group

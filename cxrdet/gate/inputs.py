@@ -164,49 +164,86 @@ def check_out_of_fold(runs: list[str], dets: dict[str, Detections], det_path: Pa
     return {"verified": True, "strict": False, "runs": list(runs), "n_images_checked": len(dets)}
 
 
-def check_with_provenance(runs: list[dict], dets: dict[str, Detections], det_path: Path, record: Path) -> dict:
-    """Every image must be held out by every detector artifact that predicted it."""
+# How each kind of evidence is made out-of-fold: the fix an in-fold refusal names.
+OOF_FIX = {
+    "detector": ("predict each fold with the run that held it out (`cxrdet infer --model runs/fK/export "
+                 "--folds FOLDS.csv --fold K --out oof_K.csv`), merge them with `cxrdet merge-submissions`, "
+                 "or train the gate without detector evidence"),
+    "classifier": ("predict each fold with the classifier that held it out (`cxrdet classify --model "
+                   "runs/cK/export --folds FOLDS.csv --fold K --out probs_K.csv`), merge them with `cxrdet "
+                   "merge-probabilities`, or train the gate without --classifier-probs"),
+}
+WRITER = {"detector": "`cxrdet infer` (+ `cxrdet merge-submissions`)",
+          "classifier": "`cxrdet classify` (+ `cxrdet merge-probabilities`)"}
+
+
+def check_with_provenance(runs: list[dict], ids, path: Path, record: Path, kind: str = "detector") -> dict:
+    """Every image of ``ids`` must be held out by every ``kind`` artifact (detector or classifier)
+    that predicted it, according to the provenance record beside ``path``."""
     producer = {image_id: k for k, run in enumerate(runs) for image_id in run["image_ids"]}
-    unknown = sorted(i for i in dets if i not in producer)
+    unknown = sorted(i for i in ids if i not in producer)
     if unknown:
         raise UserError(
-            f"{det_path}: {len(unknown)} image(s) are not in its provenance record {record}, e.g. "
-            f"{unknown[:5]}, so which detector predicted them is unknown. Fix: write the detections "
-            "with `cxrdet infer` (+ `cxrdet merge-submissions`), which keep the record in step, or "
-            "delete the stale record"
+            f"{path}: {len(unknown)} image(s) are not in its provenance record {record}, e.g. "
+            f"{unknown[:5]}, so which {kind} predicted them is unknown. Fix: write the file with "
+            f"{WRITER[kind]}, which keep the record in step, or delete the stale record"
         )
     cache: dict[tuple[str, int], set[str]] = {}
     for k, run in enumerate(runs):
-        ids = {i for i in dets if producer[i] == k}
-        for model in run["models"] if ids else []:
+        mine = {i for i in ids if producer[i] == k}
+        for model in run["models"] if mine else []:
             key = (str(model["folds"]), int(model["fold"]))
             if key not in cache:
-                cache[key] = fold_ids_of(model, record)
-            in_fold = sorted(ids - cache[key])
+                cache[key] = fold_ids_of(model, record, kind)
+            in_fold = sorted(mine - cache[key])
             if in_fold:
                 raise UserError(
-                    f"{det_path}: {len(in_fold)} image(s) were predicted by detector {model['artifact']}, "
+                    f"{path}: {len(in_fold)} image(s) were predicted by {kind} {model['artifact']}, "
                     f"which trained on them (it held out only fold {model['fold']} of {model['folds']}), "
-                    f"e.g. {in_fold[:5]}: their detections are in-fold (record: {record}). Fix: predict "
-                    "each fold with the run that held it out (`cxrdet infer --model runs/fK/export "
-                    "--folds FOLDS.csv --fold K --out oof_K.csv`), merge them with `cxrdet "
-                    "merge-submissions`, or train the gate without detector evidence"
+                    f"e.g. {in_fold[:5]}: their {kind} evidence is in-fold (record: {record}). Fix: "
+                    f"{OOF_FIX[kind]}"
                 )
     models = sorted({m["artifact"] for run in runs for m in run["models"]})
     return {"verified": True, "strict": True, "provenance": str(record), "models": models,
-            "n_images_checked": len(dets)}
+            "n_images_checked": len(list(ids))}
 
 
-def fold_ids_of(model: dict, record: Path) -> set[str]:
-    """The validation-fold ids of a detector artifact named in a provenance record."""
-    if not model["folds"]:
+def read_classifier_evidence(path: Path, ids: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Out-of-fold classifier probabilities of the labelled images, checked against the
+    provenance record ``cxrdet classify`` writes beside them (required: the strict check)."""
+    from cxrdet.formats.probabilities import read_probabilities
+    from cxrdet.formats.provenance import provenance_path, read_provenance
+    from cxrdet.gate.features import classifier_frame
+
+    probs = read_probabilities(path)
+    record = provenance_path(path)
+    if not record.is_file():
         raise UserError(
-            f"{record}: detector {model['artifact']} was trained without a folds file, so it held out "
-            "no image and none of its detections is out-of-fold. Fix: train per fold "
-            "(`cxrdet train --folds FOLDS.csv --fold K`) and predict each run's own fold"
+            f"{path}: no provenance record {record.name} beside it, so it is not known which classifier predicted "
+            f"which image. Fix: {OOF_FIX['classifier']} (both write the record)")
+    frame = probs.frame()
+    wanted = set(ids)
+    present = [i for i in frame.index if i in wanted]
+    check = check_with_provenance(read_provenance(record), present, path, record, kind="classifier")
+    missing = len(ids) - len(present)
+    if missing:
+        print(f"train-gate: {missing} labelled image(s) have no row in {path}; their classifier features "
+              "are missing (NaN)", file=sys.stderr)
+    check["class_names"] = list(probs.class_names)
+    return classifier_frame(frame.loc[present]), check
+
+
+def fold_ids_of(model: dict, record: Path, kind: str = "detector") -> set[str]:
+    """The validation-fold ids of a detector (or classifier) artifact named in a provenance record."""
+    if not model["folds"]:
+        trainer = "train" if kind == "detector" else "train-classifier"
+        raise UserError(
+            f"{record}: {kind} {model['artifact']} was trained without a folds file, so it held out "
+            f"no image and none of its predictions is out-of-fold. Fix: train per fold "
+            f"(`cxrdet {trainer} --folds FOLDS.csv --fold K`) and predict each run's own fold"
         )
     return validation_ids(Path(model["folds"]), int(model["fold"]),
-                          f"the folds file detector {model['artifact']} was trained with (see {record})")
+                          f"the folds file {kind} {model['artifact']} was trained with (see {record})")
 
 
 def validation_ids(folds_path: Path, fold: int, what: str) -> set[str]:

@@ -23,6 +23,7 @@ from cxrdet.gate.features import FEATURE_GROUPS, META_REQUIRED, build_features, 
 from cxrdet.gate.inputs import (
     abnormal_targets,
     check_out_of_fold,
+    read_classifier_evidence,
     read_detections,
     read_fold_column,
     read_pixel_table,
@@ -89,6 +90,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="detector run folder (its config.json names folds and fold) that produced "
                    "--detections; repeat once per fold run. Only used when --detections has no "
                    "provenance record beside it (weak check: some run must have held each image out)")
+    p.add_argument("--classifier-probs", default=None, metavar="OOF.csv",
+                   help="OUT-OF-FOLD image-level classifier probabilities (`cxrdet classify --folds F --fold K`, "
+                   "+ merge-probabilities): adds the 'classifier' feature group; checked with the provenance "
+                   "record beside it. A gate trained with it needs `cxrdet infer --classifier`")
     p.add_argument("--low", type=float, default=None, help=f"fix the low threshold (default: tuned, else {DEFAULT_LOW})")
     p.add_argument("--high", type=float, default=None, help=f"fix the high threshold (default: tuned, else {DEFAULT_HIGH})")
     p.add_argument("--n-estimators", type=int, default=2000, help="max boosting rounds per fold; early stopping ends sooner (default 2000)")
@@ -124,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"{e} (flags: --detections, --detector-run; without --detections the gate uses "
                         "metadata and pixel features only)") from None
 
-    X = build_features(meta, pixel, dets)
+    clf, clf_check = read_classifier_evidence(Path(args.classifier_probs), ids) if args.classifier_probs else (None, None)
+    X = build_features(meta, pixel, dets, clf)
     print(f"train-gate: {len(ids)} images ({int(y.sum())} abnormal), {X.shape[1]} features; "
           "cross-validating", file=sys.stderr)
     try:
@@ -142,9 +148,11 @@ def main(args: argparse.Namespace) -> int:
         "feature_groups": sorted({feature_group(n) for n in X.columns}),
         "oof_auc_by_feature_set": {k: v["oof_auc"] for k, v in ablation.items()},
         "detector_oof_check": oof_check,
+        "classifier_oof_check": clf_check,
     }
     gate.save(out, summary)
     report = build_report(args, gate, X, y, ablation, tuning, oof_check)
+    report["classifier_oof_check"] = clf_check
     write_report_json(out / "report.json", report)
     curves = {name: (y, r["oof_proba"]) for name, r in ablation.items()}
     plot_report(out / "feature_importance.png", gate.feature_importances(), curves, y,
@@ -266,7 +274,7 @@ def build_report(args, gate: GateClassifier, X, y, ablation, tuning, oof_check) 
     return {
         "inputs": {"meta": args.meta, "pixel_features": None if args.no_pixel else (args.pixel_features or "default"),
                    "labels": args.labels, "folds": args.folds, "detections": args.detections,
-                   "detector_runs": args.detector_run},
+                   "detector_runs": args.detector_run, "classifier_probs": args.classifier_probs},
         "n_images": int(len(y)),
         "n_abnormal": int(y.sum()),
         "n_normal": int(len(y) - y.sum()),

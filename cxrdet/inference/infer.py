@@ -56,6 +56,7 @@ from cxrdet.inference.predictor import (
     load_detectors,
 )
 from cxrdet.inference.tta import TTA_CHOICES, FusionConfig
+from cxrdet.inference.rescore import RESCORE_CHOICES
 
 INTERRUPT_NOTE = ("the submission is written only at the end, so none was (overlays drawn so far are "
                   "kept); a rerun starts over")
@@ -98,7 +99,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-level-out", help="CSV image_id,p_abnormal,p_0..p_13 (+ clf_<class> with --classifier)")
     p.add_argument("--classifier", action="append", metavar="ARTIFACT_DIR",
                    help="image-level classifier (`cxrdet train-classifier` RUN/export; repeat to average): its "
-                   "probabilities join --image-level-out as clf_<class> columns, from the same decoded images")
+                   "probabilities join --image-level-out as clf_<class> columns, from the same decoded images; "
+                   "needed by a gate trained with --classifier-probs and by --rescore classifier")
+    p.add_argument("--rescore", choices=RESCORE_CHOICES, default="none",
+                   help="classifier: multiply each finding box's score by the --classifier probability of its "
+                   "class before the gate (default: %(default)s; docs/classifier.md has the measurement)")
     p.add_argument("--errors-out", help="errors CSV (default: <out stem>.errors.csv beside --out)")
     p.add_argument("--on-error", choices=("fail", "normal"), default="fail",
                    help="failed images: fail = leave out of the submission (exit 3); normal = predict "
@@ -129,8 +134,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--png-dir needs --png-sizes CSV (image_id,dim0,dim1 of the original DICOM sizes)")
     if args.png_sizes and not args.png_dir:
         raise UserError("--png-sizes only applies with --png-dir")
-    if getattr(args, "classifier", None) and not args.image_level_out:
-        raise UserError("--classifier adds columns to the image-level CSV: it needs --image-level-out")
+    uses = args.image_level_out or args.gate or getattr(args, "rescore", "none") != "none" or getattr(args, "sr_dir", None)
+    if getattr(args, "classifier", None) and not uses:
+        raise UserError("--classifier is used by --image-level-out (clf_* columns), --gate (a gate trained with "
+                        "classifier evidence), --rescore classifier or --sr-dir: pass one of them")
     if (args.low is not None or args.high is not None) and not args.gate:
         raise UserError("--low/--high override the gate's thresholds: they need --gate")
     if (args.folds is None) != (args.fold is None):
@@ -187,7 +194,7 @@ def process_batch(samples: list[Sample], model: Predictor, args, out: Outputs) -
     A failure lists the images it hit and the run goes on (exit 3 at the end), so one bad image
     or one failed batch never costs the submission of all the others.
     """
-    batch = model.predict(samples)
+    batch = model.predict(samples, out.classifier_probs)
     for image_id, reason in batch.failures:
         out.failures.add(image_id, reason)
     for result in batch.results:
@@ -332,20 +339,29 @@ def load_classifiers(dirs: list[str], device, settings) -> tuple[list, list[str]
     return models, list(models[0][1].class_names)
 
 
+def build_predictor(args: argparse.Namespace, models: list, gate: GateRuntime | None, classifiers) -> Predictor:
+    """The Predictor of these flags; refuses a gate or --rescore that needs a classifier not given."""
+    from cxrdet.formats.image_level import classifier_column
+
+    columns = [classifier_column(n) for n in classifiers[1]] if classifiers else None
+    settings = PredictSettings(tta=args.tta, wbf_iou=args.wbf_iou, rescore=getattr(args, "rescore", "none"))
+    return Predictor(models, gate, settings, columns)
+
+
 def main(args: argparse.Namespace, record_hook: Callable | None = None) -> int:
     """``record_hook(source, gate)``, if given, returns the per-image ``Outputs.on_record``."""
     check_args(args)
     device = torch_device(args.device, torch.cuda.device_count())
     models, settings, records = load_detectors(args.model, device, args.runtime)
     gate = load_gate(args)
-    model = Predictor(models, gate, PredictSettings(tta=args.tta, wbf_iou=args.wbf_iou))
+    classifiers = load_classifiers(args.classifier, device, settings) if getattr(args, "classifier", None) else None
+    model = build_predictor(args, models, gate, classifiers)
     source = build_source(args, settings, with_features=gate is not None and "pixel" in gate.groups)
     if args.vis_dir:
         check_vis_names(args.vis_dir, source.ids)
     announce(args, source, models, settings, device, gate)
     warn_if_in_fold(args, records)
     start = time.perf_counter()
-    classifiers = load_classifiers(args.classifier, device, settings) if getattr(args, "classifier", None) else None
     on_record = record_hook(source, gate) if record_hook else None
     out = run_inference(source, model, args, classifiers, device, on_record)
     elapsed = time.perf_counter() - start

@@ -2,8 +2,10 @@
 batch command and for ``cxrdet serve``.
 
 Samples (cache-size images from :mod:`cxrdet.inference.sources`) -> every detector and TTA view,
-fused with WBF (cache pixels) -> ORIGINAL pixels, clipped (:func:`cxrdet.detections.to_original`) -> the
-gate's P(abnormal) from the feature groups it was trained with -> the gate rules -> one
+fused with WBF (cache pixels) -> ORIGINAL pixels, clipped (:func:`cxrdet.detections.to_original`) ->
+optional rescoring by the image-level classifier (:mod:`cxrdet.inference.rescore`) -> the gate's
+P(abnormal) from the feature groups it was trained with (the classifier's probabilities among
+them when it was trained with ``--classifier-probs``) -> the gate rules -> one
 :class:`ImageResult` per image. A failure lists the images it hit (``BatchResult.failures``) and
 the others still come back, so one bad image never costs the rest of its batch.
 """
@@ -11,7 +13,7 @@ the others still come back, so one bad image never costs the rest of its batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,9 +34,14 @@ class PredictSettings:
 
     tta: str = "none"  # test-time augmentation: none | hflip (views fused with WBF)
     wbf_iou: float = FusionConfig.iou_thr  # IoU of the WBF that fuses TTA views / models
+    rescore: str = "none"  # none | classifier: box score x the classifier's probability of its class
 
     def __post_init__(self) -> None:
+        from cxrdet.inference.rescore import RESCORE_CHOICES
+
         views(self.tta)  # raises on an unknown mode
+        if self.rescore not in RESCORE_CHOICES:
+            raise ValueError(f"rescore must be one of {RESCORE_CHOICES}, got {self.rescore!r}")
         if not 0 < self.wbf_iou < 1:
             raise ValueError(f"wbf_iou must be in (0, 1), got {self.wbf_iou}")
 
@@ -46,7 +53,8 @@ class GateRuntime:
     classifier: object
     low: float
     high: float
-    groups: frozenset[str]  # subset of {"metadata", "pixel", "detector"}
+    groups: frozenset[str]  # subset of {"metadata", "pixel", "detector", "classifier"}
+    classifier_features: tuple[str, ...] = ()  # the clf_* columns it was trained with
 
     def zone(self, p_abnormal: float) -> str:
         """Which gate rule applies: normal (p < low), uncertain (low <= p < high), abnormal."""
@@ -82,9 +90,13 @@ class Predictor:
     """Detectors + optional gate + settings, loaded once; :meth:`predict` runs one batch."""
 
     def __init__(self, models: list, gate: GateRuntime | None = None,
-                 settings: PredictSettings = PredictSettings()) -> None:
+                 settings: PredictSettings = PredictSettings(),
+                 classifier_columns: Sequence[str] | None = None) -> None:
+        """``classifier_columns``: the ``clf_*`` columns of the image-level classifier(s) whose
+        probabilities :meth:`predict` will be given (None: no classifier)."""
         if not models:
             raise ValueError("a Predictor needs at least one detector")
+        check_classifier_inputs(gate, settings, classifier_columns)
         self.models = models
         self.gate = gate
         self.settings = settings
@@ -94,8 +106,13 @@ class Predictor:
         """Whether samples must carry pixel features (the gate was trained with them)."""
         return self.gate is not None and "pixel" in self.gate.groups
 
-    def predict(self, samples: Sequence[Sample]) -> BatchResult:
-        """Detect, map to original pixels and gate a batch of readable samples."""
+    def predict(self, samples: Sequence[Sample],
+                classifier_probs: Mapping[str, Mapping[str, float]] | None = None) -> BatchResult:
+        """Detect, map to original pixels, rescore and gate a batch of readable samples.
+
+        ``classifier_probs``: image id -> ``clf_*`` column -> probability, for the images of the
+        batch (needed when the gate or the rescoring uses the classifier)."""
+        probs_of = classifier_probs or {}
         import torch
 
         out = BatchResult()
@@ -118,13 +135,14 @@ class Predictor:
             return out
         good = [s for s, _ in mapped]
         try:
-            probs = self.gate_probabilities(good, [d for _, d in mapped]) if self.gate else [None] * len(mapped)
+            probs = self.gate_probabilities(good, [d for _, d in mapped], probs_of) if self.gate \
+                else [None] * len(mapped)
         except Exception as e:
             out.fail_all(good, "the gate failed on its batch", e)
             return out
         for (s, det), p in zip(mapped, probs):
             try:
-                out.results.append(self._result(s, det, p))
+                out.results.append(self._result(s, det, p, probs_of.get(s.image_id)))
             except Exception as e:
                 out.failures.append((s.image_id, failure_reason(e)))
         return out
@@ -137,7 +155,8 @@ class Predictor:
         return predict_fused(fns, [s.image for s in samples], self.settings.tta,
                              FusionConfig(iou_thr=self.settings.wbf_iou))
 
-    def gate_probabilities(self, samples: Sequence[Sample], dets: Sequence[Detections]) -> np.ndarray:
+    def gate_probabilities(self, samples: Sequence[Sample], dets: Sequence[Detections],
+                           classifier_probs: Mapping[str, Mapping[str, float]]) -> np.ndarray:
         """P(abnormal) per sample from the feature groups the gate was trained with."""
         from cxrdet.dicomio.meta import META_COLUMNS
         from cxrdet.gate.features import build_features
@@ -148,17 +167,42 @@ class Predictor:
         pixels = pd.DataFrame([{"image_id": s.image_id, **s.features} for s in samples]) \
             if "pixel" in gate.groups else None
         evidence = {s.image_id: d for s, d in zip(samples, dets)} if "detector" in gate.groups else None
-        features = build_features(meta, pixels, evidence)
+        clf = None
+        if "classifier" in gate.groups:  # columns already clf_*: build_features keeps such names
+            clf = pd.DataFrame([{c: classifier_probs.get(s.image_id, {}).get(c, np.nan) for c in gate.classifier_features}
+                                for s in samples], index=[s.image_id for s in samples], columns=list(gate.classifier_features))
+        features = build_features(meta, pixels, evidence, clf)
         return np.asarray(gate.classifier.p_abnormal(features), dtype=np.float64).reshape(-1)
 
-    def _result(self, s: Sample, det: Detections, p) -> ImageResult:
+    def _result(self, s: Sample, det: Detections, p, clf_row: Mapping[str, float] | None) -> ImageResult:
         from cxrdet.gate.rules import apply_gate
+        from cxrdet.inference.rescore import rescore
 
         gate = self.gate
-        final = apply_gate(det, float(p), gate.low, gate.high) if gate else det
+        kept = rescore(det, clf_row or {}) if self.settings.rescore == "classifier" else det
+        final = apply_gate(kept, float(p), gate.low, gate.high) if gate else kept
         p_value = None if p is None else float(p)
         zone = gate.zone(p_value) if gate else None
         return ImageResult(s, det, final, p_value, zone, image_level_row(s.image_id, det, p))
+
+
+def check_classifier_inputs(gate: GateRuntime | None, settings: PredictSettings,
+                            classifier_columns: Sequence[str] | None) -> None:
+    """Refuse, before any image, a gate or rescoring that needs a classifier it will not get."""
+    have = set(classifier_columns or ())
+    if settings.rescore == "classifier" and classifier_columns is None:
+        raise UserError("rescoring by the classifier (--rescore classifier) needs an image-level classifier "
+                        "(--classifier RUN/export)")
+    if gate is None or "classifier" not in gate.groups:
+        return
+    if classifier_columns is None:
+        raise UserError("the gate was trained with classifier evidence (feature group 'classifier', "
+                        f"{len(gate.classifier_features)} clf_* features); pass --classifier RUN/export, the classifier "
+                        "whose out-of-fold probabilities trained it, or use a gate trained without --classifier-probs")
+    absent = [c for c in gate.classifier_features if c not in have]
+    if absent:
+        raise UserError(f"the gate was trained on classifier features {absent[:6]} that the given --classifier does "
+                        f"not predict (it predicts {sorted(have)[:6]}...); pass the classifier the gate was trained with")
 
 
 def keep_confident(dets: Detections, conf: float | None) -> Detections:
@@ -209,4 +253,5 @@ def load_gate(gate_dir: str | os.PathLike, low: float | None = None, high: float
         # high > 1 is allowed: it means "never drop the No finding row" (tuning grids use 1.01)
         raise UserError(f"gate thresholds need 0 <= low < high, got low={low}, high={high}")
     groups = frozenset(feature_group(n) for n in gate.feature_names_)
-    return GateRuntime(gate, float(low), float(high), groups)
+    clf = tuple(n for n in gate.feature_names_ if feature_group(n) == "classifier")
+    return GateRuntime(gate, float(low), float(high), groups, clf)
