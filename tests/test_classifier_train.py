@@ -11,11 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from cxrdet.classes import CLASS_NAMES
 from cxrdet.classifier.config import ClassifierConfig
 from cxrdet.classifier.data import ClassifierDataModule
 from cxrdet.classifier.module import ClassifierModule
@@ -187,3 +189,45 @@ def test_infer_adds_classifier_columns_in_the_same_pass(run, vinbig, tmp_path):
     assert cli(["merge-submissions", "--out", str(tmp_path / "m.csv"), str(tmp_path / "sub.csv"),
                 "--image-level", str(tmp_path / "il.csv"), "--image-level-out", str(tmp_path / "mil.csv")]) == 0
     assert (tmp_path / "mil.csv").read_text() == (tmp_path / "il.csv").read_text()
+
+
+@pytest.mark.slow
+def test_gate_with_classifier_evidence_needs_the_classifier_and_rescoring_multiplies_scores(run, vinbig, tmp_path):
+    from cxrdet.detector.export import write_artifact
+    from cxrdet.detector.model import build_detector
+    from cxrdet.formats.image_level import classifier_column
+    from cxrdet.formats.submission import read_submission
+    from cxrdet.gate.features import META_REQUIRED
+
+    from detector_fixtures import tiny_config
+
+    det_cfg = tiny_config(vinbig, tmp_path, min_size=64, max_size=64, cache_size=64, cache_voi="auto")
+    torch.manual_seed(0)
+    write_artifact(build_detector(det_cfg).state_dict(), det_cfg, tmp_path / "det")
+    ids = sorted(pd.read_csv(vinbig["folds"], dtype={"image_id": str})["image_id"])
+    meta = pd.DataFrame({c: [""] * len(ids) for c in META_REQUIRED})
+    meta["image_id"], meta["rows"], meta["columns"] = ids, 128, 128
+    meta.to_csv(tmp_path / "META.csv", index=False)
+    oof = tmp_path / "oof_probs.csv"  # the run held out fold 0: its probabilities there are out-of-fold
+    assert cli(["classify", "--model", str(run / "export"), "--cache", str(vinbig["cache"]), "--folds",
+                str(vinbig["folds"]), "--fold", "0", "--workers", "0", "--out", str(oof)]) == 0
+    gate = tmp_path / "gate"
+    assert cli(["train-gate", "--meta", str(tmp_path / "META.csv"), "--no-pixel", "--labels", str(vinbig["labels"]),
+                "--classifier-probs", str(oof), "--n-folds", "2", "--n-estimators", "30", "--workers", "1",
+                "--out", str(gate)]) == 0
+    base = ["infer", "--model", str(tmp_path / "det"), "--cache", str(vinbig["cache"]), "--workers", "0",
+            "--gate", str(gate), "--conf", "0.0"]
+    assert cli([*base, "--out", str(tmp_path / "refused.csv")]) == 2  # the gate needs --classifier
+    assert not (tmp_path / "refused.csv").exists()
+    with_clf = [*base, "--classifier", str(run / "export"), "--image-level-out", str(tmp_path / "il.csv")]
+    assert cli([*with_clf, "--out", str(tmp_path / "plain.csv")]) == 0
+    assert cli([*with_clf, "--rescore", "classifier", "--out", str(tmp_path / "rescored.csv")]) == 0
+    plain, rescored = read_submission(tmp_path / "plain.csv"), read_submission(tmp_path / "rescored.csv")
+    il = pd.read_csv(tmp_path / "il.csv", dtype={"image_id": str}).set_index("image_id")
+    order = ["image_id", "class_id", "x_min", "y_min", "x_max", "y_max"]
+    findings = plain[plain["class_id"] < 14].sort_values(order).reset_index(drop=True)
+    assert len(findings) > 0 and len(rescored) == len(plain)
+    factor = [il.at[i, classifier_column(CLASS_NAMES[c])] for i, c in zip(findings["image_id"], findings["class_id"])]
+    got = rescored[rescored["class_id"] < 14].sort_values(order).reset_index(drop=True)
+    assert np.allclose(got["score"], findings["score"] * np.array(factor), rtol=0, atol=1.01e-4)  # 4-decimal scores
+    assert np.allclose(got[["x_min", "y_min", "x_max", "y_max"]], findings[["x_min", "y_min", "x_max", "y_max"]])
