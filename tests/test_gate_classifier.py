@@ -16,7 +16,7 @@ from cxrdet.formats.image_level import classifier_column
 from cxrdet.formats.probabilities import write_probabilities
 from cxrdet.formats.provenance import write_provenance
 from cxrdet.inference.predictor import GateRuntime, PredictSettings, check_classifier_inputs, load_gate
-from cxrdet.inference.rescore import FINDING_COLUMNS, rescore
+from cxrdet.gate.rescore import FINDING_COLUMNS, rescore
 
 from test_gate_cli import FAST, N, _provenance, data, train_gate  # noqa: F401 (the module fixture)
 
@@ -58,6 +58,13 @@ def test_classifier_evidence_is_a_feature_group_of_the_schema_and_the_ablation(d
     last = report["ablation_oof_auc"]["metadata+pixel+detector+classifier"]
     assert len(last["fold_auc"]) == 4 and "gated_map_tuned" in last
     assert report["n_features"]["classifier"] == 3
+    rescoring = report["rescoring"]  # OOF mAP with and without rescoring, ungated and gated
+    assert rescoring["n_images"] == N and rescoring["better"] in ("none", "classifier")
+    for key in ("ungated_none", "ungated_classifier", "gated_none", "gated_classifier"):
+        assert 0 <= rescoring[key]["map"] <= 1, key
+    # the fixture's abnormal images have one class-3 box; rescoring by p(Cardiomegaly) ranks them
+    # above the normal ones' boxes as the detector already did: the ungated mAP cannot fall
+    assert rescoring["ungated_classifier"]["map"] >= rescoring["ungated_none"]["map"] - 1e-9
     check = report["classifier_oof_check"]
     assert check["strict"] and check["n_images_checked"] == N and check["class_names"] == CLASSES
     schema = json.loads((out / "gate_schema.json").read_text())

@@ -56,7 +56,7 @@ from cxrdet.inference.predictor import (
     load_detectors,
 )
 from cxrdet.inference.tta import TTA_CHOICES, FusionConfig
-from cxrdet.inference.rescore import RESCORE_CHOICES
+from cxrdet.gate.rescore import RESCORE_CHOICES
 
 INTERRUPT_NOTE = ("the submission is written only at the end, so none was (overlays drawn so far are "
                   "kept); a rerun starts over")

@@ -3,7 +3,7 @@ batch command and for ``cxrdet serve``.
 
 Samples (cache-size images from :mod:`cxrdet.inference.sources`) -> every detector and TTA view,
 fused with WBF (cache pixels) -> ORIGINAL pixels, clipped (:func:`cxrdet.detections.to_original`) ->
-optional rescoring by the image-level classifier (:mod:`cxrdet.inference.rescore`) -> the gate's
+optional rescoring by the image-level classifier (:mod:`cxrdet.gate.rescore`) -> the gate's
 P(abnormal) from the feature groups it was trained with (the classifier's probabilities among
 them when it was trained with ``--classifier-probs``) -> the gate rules -> one
 :class:`ImageResult` per image. A failure lists the images it hit (``BatchResult.failures``) and
@@ -37,7 +37,7 @@ class PredictSettings:
     rescore: str = "none"  # none | classifier: box score x the classifier's probability of its class
 
     def __post_init__(self) -> None:
-        from cxrdet.inference.rescore import RESCORE_CHOICES
+        from cxrdet.gate.rescore import RESCORE_CHOICES
 
         views(self.tta)  # raises on an unknown mode
         if self.rescore not in RESCORE_CHOICES:
@@ -176,7 +176,7 @@ class Predictor:
 
     def _result(self, s: Sample, det: Detections, p, clf_row: Mapping[str, float] | None) -> ImageResult:
         from cxrdet.gate.rules import apply_gate
-        from cxrdet.inference.rescore import rescore
+        from cxrdet.gate.rescore import rescore
 
         gate = self.gate
         kept = rescore(det, clf_row or {}) if self.settings.rescore == "classifier" else det
