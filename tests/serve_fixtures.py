@@ -39,7 +39,25 @@ def make_artifact(root: Path, seed: int = 0) -> Path:
     return write_artifact(build_detector(cfg).state_dict(), cfg, root)
 
 
-def make_gate(root: Path, n: int = 40, seed: int = 0) -> Path:
+def make_classifier(root: Path, seed: int = 0) -> Path:
+    """A randomly initialised resnet18 VinBigData classifier artifact (14 findings + abnormal) at the
+    serve fixtures' cache settings: enough for probabilities and Grad-CAM heatmaps to exist."""
+    from cxrdet.classes import CLASS_NAMES, NUM_FINDINGS
+    from cxrdet.classifier.backbones import build_backbone
+    from cxrdet.classifier.config import ClassifierConfig
+
+    torch.manual_seed(seed)
+    names = [*CLASS_NAMES[:NUM_FINDINGS], "abnormal"]
+    cfg = ClassifierConfig(arch="resnet18", size=64, cache_size=CACHE, cache_voi="auto", task="multilabel",
+                           class_names=names, label_source="vinbigdata", pos_weight=[1.0] * len(names))
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save(build_backbone("resnet18", len(names)).state_dict(), root / "model.pt")
+    cfg.save(root / "config.json")
+    return root
+
+
+def make_gate(root: Path, n: int = 40, seed: int = 0, classifier: bool = False) -> Path:
+    """With ``classifier``, also trained on the probabilities of :func:`make_classifier`'s classes."""
     rng = np.random.default_rng(seed)
     ids = [f"g{i:03d}" for i in range(n)]
     y = (np.arange(n) % 2).astype(int)
@@ -53,7 +71,14 @@ def make_gate(root: Path, n: int = 40, seed: int = 0) -> Path:
         image = (phantom(64, 48, seed=i) >> 4).astype(np.uint8)
         pixels.append({"image_id": image_id, **pixel_features(image)})
     evidence = {i: Detections(np.array([[10.0, 10.0, 40.0, 40.0]]), [0.2 + 0.5 * yy], [3]) for i, yy in zip(ids, y)}
-    X = build_features(meta, pd.DataFrame(pixels), evidence)
+    clf = None
+    if classifier:
+        from cxrdet.classes import CLASS_NAMES, NUM_FINDINGS
+        from cxrdet.gate.features import classifier_frame
+
+        names = [*CLASS_NAMES[:NUM_FINDINGS], "abnormal"]
+        clf = classifier_frame(pd.DataFrame(rng.uniform(0, 1, (n, len(names))), index=ids, columns=names))
+    X = build_features(meta, pd.DataFrame(pixels), evidence, clf)
     gate = GateClassifier(n_estimators=20, learning_rate=0.3, early_stopping_rounds=5, n_folds=2, n_jobs=1)
     gate.fit(X, y).set_thresholds(0.0, 1.01, "test: always boxes + a class-14 row")
     gate.save(root)

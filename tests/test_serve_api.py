@@ -364,3 +364,62 @@ def test_dicom_upload_offers_its_sr_with_the_answers_boxes_and_png_does_not(clie
     assert png["downloads"]["sr"] is None
     refused = client.get(f"/v1/results/{png['request_id']}/sr.dcm")
     assert refused.status_code == 422 and "PNG/JPEG upload" in refused.json()["detail"]
+
+
+def test_classifier_probabilities_heatmaps_and_sr_match_the_batch_commands(artifacts, tmp_path):
+    """serve --classifier: the answer's probabilities equal `cxrdet classify`'s for the same file,
+    each listed heatmap is a PNG of the display picture's size, the SR carries the probabilities."""
+    import io
+
+    import pydicom
+
+    from cxrdet.classes import CLASS_NAMES
+    from cxrdet.dicomout.sr import read_sr
+    from cxrdet.formats.probabilities import read_probabilities
+    from serve_fixtures import make_classifier
+
+    clf = make_classifier(artifacts["dir"] / "classifier")
+    dicom = artifacts["dicoms"][0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / dicom.name).write_bytes(dicom.read_bytes())
+    assert cli(["classify", "--model", str(clf), "--dicom-dir", str(folder), "--workers", "0",
+                "--out", str(tmp_path / "p.csv")]) == 0
+    expected = read_probabilities(tmp_path / "p.csv")
+    with make_client(artifacts, gate=True, classifiers=(str(clf),)) as c:
+        assert c.get("/healthz").json()["classifier"] is True
+        body = post(c, dicom).json()
+        block = body["classifier"]
+        got = [k["probability"] for k in block["classes"]]
+        assert [k["class_name"] for k in block["classes"]] == expected.class_names
+        np.testing.assert_allclose(got, expected.values[0], atol=2e-6)
+        assert len(block["heatmaps"]) == 3 and all(h["class_name"] != "abnormal" for h in block["heatmaps"])
+        top = sorted((k for k in block["classes"] if k["class_name"] != "abnormal"), key=lambda k: -k["probability"])[:3]
+        assert [h["class_index"] for h in block["heatmaps"]] == [k["class_index"] for k in top]
+        for h in block["heatmaps"]:
+            r = c.get(h["url"])
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            pic = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+            assert pic.shape[:2] == (body["display"]["height"], body["display"]["width"])
+        missing = c.get(f"/v1/results/{body['request_id']}/heatmap/99.png")
+        assert missing.status_code == 404 and "no heatmap of class 99" in missing.json()["detail"]
+        sr = read_sr(pydicom.dcmread(io.BytesIO(c.get(body["downloads"]["sr"]).content)))
+        for k, name in enumerate(CLASS_NAMES[:14]):
+            assert sr.result.classifier[k] == pytest.approx(got[k], abs=1e-4), name
+        assert body["models"]["classifier"]["classes"] == expected.class_names
+
+
+def test_a_classifier_evidence_gate_is_served_with_its_classifier_only(artifacts, tmp_path):
+    import torch
+
+    from cxrdet.errors import UserError
+    from serve_fixtures import make_classifier
+
+    gate = make_gate(tmp_path / "gate_clf", classifier=True)
+    with pytest.raises(UserError, match="trained with classifier evidence.*--classifier"):
+        load_service(ServeConfig(models=(str(artifacts["model"]),), gate=str(gate)), torch.device("cpu"))
+    clf = make_classifier(artifacts["dir"] / "classifier")
+    config = ServeConfig(models=(str(artifacts["model"]),), gate=str(gate), classifiers=(str(clf),))
+    with TestClient(create_app(load_service(config, torch.device("cpu")))) as c:
+        body = post(c, artifacts["dicoms"][1]).json()
+        assert 0 <= body["p_abnormal"] <= 1 and body["models"]["gate"]["feature_groups"][0] == "classifier"

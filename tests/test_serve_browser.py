@@ -1,7 +1,7 @@
 """The page in a real browser: ``cxrdet serve`` on 127.0.0.1 (subprocess) driven by Debian's
 headless chromium through selenium (the system chromedriver; nothing is downloaded). Uploads a
 synthetic DICOM through the file input, waits for the result, checks the boxes and labels drawn,
-the probability table, the slider and a class toggle; saves a screenshot to tmp_path (and, with
+the probability tables, the slider, a class toggle and the classifier's heatmap overlay; saves a screenshot to tmp_path (and, with
 CXRDET_UPDATE_DOCS_IMG=1, over docs/img/serve.png, the README's picture)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from serve_fixtures import make_artifact, make_gate, start_server, stop_server, write_dicoms
+from serve_fixtures import make_artifact, make_classifier, make_gate, start_server, stop_server, write_dicoms
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -44,10 +44,11 @@ def _drawn(driver) -> tuple[int, int]:
 
 
 def test_page_uploads_a_dicom_and_draws_the_servers_boxes(tmp_path, browser):
-    model, gate = make_artifact(tmp_path / "export"), make_gate(tmp_path / "gate")
+    model, gate = make_artifact(tmp_path / "export"), make_gate(tmp_path / "gate", classifier=True)
+    classifier = make_classifier(tmp_path / "classifier")
     dicom = write_dicoms(tmp_path / "dicoms", 1)[0]
-    proc, url = start_server(["--model", model, "--gate", gate, "--vis-conf", "0.1", "--device", "cpu",
-                              "--workers", "1"], env={**os.environ, "CXRDET_TOKEN": ""})
+    proc, url = start_server(["--model", model, "--gate", gate, "--classifier", classifier, "--vis-conf", "0.1",
+                              "--device", "cpu", "--workers", "1"], env={**os.environ, "CXRDET_TOKEN": ""})
     try:
         # what the page must show: the API's own answer for this file (same server, same weights)
         expected = httpx.post(f"{url}/v1/predict", files={"file": (dicom.name, dicom.read_bytes())},
@@ -73,7 +74,17 @@ def test_page_uploads_a_dicom_and_draws_the_servers_boxes(tmp_path, browser):
         assert cells == [f"{c['p']:.3f}" for c in expected["image_level"]["classes"]]
         assert browser.find_element(By.ID, "prediction-string").text == expected["prediction_string"]
         assert "p(abnormal) = " in browser.find_element(By.ID, "gate").text
-        assert browser.find_element(By.ID, "classifier").get_attribute("hidden") is not None  # hook, no classifier
+        assert browser.find_element(By.ID, "classifier").get_attribute("hidden") is None
+        clf_rows = browser.find_elements(By.CSS_SELECTOR, "#clf-probs tbody tr")
+        best = max(expected["classifier"]["classes"], key=lambda k: k["probability"])
+        assert len(clf_rows) == 15 and clf_rows[0].find_elements(By.TAG_NAME, "td")[0].text == best["class_name"]
+        options = browser.find_elements(By.CSS_SELECTOR, "#heatmap-class option")
+        assert [o.get_attribute("value") for o in options] == [str(h["class_index"]) for h in expected["classifier"]["heatmaps"]]
+        canvas = browser.find_element(By.ID, "view")
+        plain = browser.execute_script("return document.getElementById('view').toDataURL()")
+        browser.find_element(By.ID, "heatmap-toggle").click()
+        assert canvas.get_attribute("data-heatmap") == options[0].get_attribute("value")
+        assert browser.execute_script("return document.getElementById('view').toDataURL()") != plain
         assert browser.find_element(By.ID, "download-sr").get_attribute("hidden") is None  # a DICOM: its SR is offered
 
         screenshot = tmp_path / "serve.png"
@@ -82,6 +93,8 @@ def test_page_uploads_a_dicom_and_draws_the_servers_boxes(tmp_path, browser):
             DOCS_IMG.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(screenshot, DOCS_IMG)
 
+        browser.find_element(By.ID, "heatmap-toggle").click()  # back to the plain image
+        assert canvas.get_attribute("data-heatmap") == ""
         # one class toggled off hides exactly its boxes
         first = browser.find_element(By.CSS_SELECTOR, "#classes input")
         hidden_class = int(first.get_attribute("data-class-id"))

@@ -1,5 +1,5 @@
 """Heatmap overlay pictures: the image with one class's Grad-CAM heatmap blended in, the class
-name and probability written on a banner.
+name and probability written on a banner at the bottom-left.
 
 Drawn on the cache-size image, which has the original's aspect ratio, enlarged like the box
 overlays (:func:`cxrdet.inference.overlay.picture_hw`) so the text stays legible; the blend is
@@ -33,8 +33,9 @@ def cam_picture(image: np.ndarray, heatmap: np.ndarray, text: str) -> np.ndarray
     scale = max(0.5, max(h, w) / 1400)
     thick = max(1, int(round(scale * 2)))
     (tw, th), base_line = cv2.getTextSize(text, FONT, scale, thick)
-    cv2.rectangle(canvas, (0, 0), (min(w, tw + 12), th + base_line + 12), (0, 0, 0), -1)
-    cv2.putText(canvas, text, (6, th + 6), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    top = h - th - base_line - 12  # bottom-left: the box overlays keep their banner at the top-left
+    cv2.rectangle(canvas, (0, top), (min(w, tw + 12), h), (0, 0, 0), -1)
+    cv2.putText(canvas, text, (6, top + th + 6), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return canvas
 
 

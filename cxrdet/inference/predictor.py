@@ -73,6 +73,7 @@ class ImageResult:
     p_abnormal: float | None  # the gate's P(abnormal); None without a gate
     zone: str | None  # the gate rule applied (GateRuntime.zone); None without a gate
     image_level: dict = field(default_factory=dict)  # its image-level CSV row
+    classifier: dict | None = None  # the image-level classifier's output, when the caller ran one (serve)
 
 
 @dataclass

@@ -41,7 +41,7 @@ class Unauthorized(Exception):
 def create_app(service: Service) -> FastAPIOffline:
     """The app around an already loaded :class:`Service` (models load once, before this)."""
     cfg = service.config
-    queue = ModelQueue(service.predictor, cfg.queue_size, cfg.batch_size, cfg.decode_workers)
+    queue = ModelQueue(service.runner, cfg.queue_size, cfg.batch_size, cfg.decode_workers)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -124,7 +124,8 @@ async def predict(request: Request) -> JSONResponse:
         store.put(request_id, result, header)
         timings = {"upload_ms": 1e3 * (received - start), "decode_ms": 1e3 * (decoded - received),
                    "queue_ms": 1e3 * waited, "model_ms": 1e3 * (done - decoded - waited)}
-        body = response_body(result, request_id, service.versions, timings, cfg.conf, has_sr=header is not None)
+        body = response_body(result, request_id, service.versions, timings, cfg.conf, has_sr=header is not None,
+                             class_names=service.classifier.class_names if service.classifier else None)
         body["timings"]["total_ms"] = round(1e3 * (time.perf_counter() - start), 2)
         return JSONResponse(body)
     finally:
@@ -183,7 +184,8 @@ async def structured_report(request: Request, request_id: str,
     result, gate = item.result, service.predictor.gate
     score = service.config.min_score if min_score is None else min_score
     dets = result.final.select(result.final.scores >= score)
-    sr_result = SRResult(result.p_abnormal, gate.low if gate else None, gate.high if gate else None)
+    sr_result = SRResult(result.p_abnormal, gate.low if gate else None, gate.high if gate else None,
+                         classifier_probabilities(service, result))
     try:
         data = sr_bytes(item.header, dets, sr_result)
     except InputFailure as e:  # e.g. the upload has no StudyInstanceUID or PatientID
@@ -191,6 +193,35 @@ async def structured_report(request: Request, request_id: str,
     name = f"{result.sample.image_id}.sr.dcm"
     return Response(data, media_type="application/dicom",
                     headers={"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.get("/v1/results/{request_id}/heatmap/{class_index}.png", **PNG)
+async def heatmap(request: Request, request_id: str, class_index: int) -> Response:
+    """The Grad-CAM heatmap of classifier class ``class_index`` over the display image (drawn by
+    the code of ``cxrdet classify --cam-dir``); the answer's ``classifier.heatmaps`` lists them."""
+    import cv2
+
+    from cxrdet.inference.cam_pictures import cam_picture
+
+    service = request.app.state.service
+    result = stored(request.app.state.store, request_id)
+    maps = (result.classifier or {}).get("heatmaps", {})
+    if class_index not in maps:
+        raise UploadRejected(404, f"result {request_id!r} has no heatmap of class {class_index}; it has "
+                                  f"{sorted(maps) or 'none (no --classifier)'}")
+    name = service.classifier.class_names[class_index]
+    p = float(result.classifier["probabilities"][class_index])
+    ok, buf = cv2.imencode(".png", cam_picture(result.sample.image, maps[class_index], f"{name} p={p:.2f} (Grad-CAM)"))
+    return Response(buf.tobytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def classifier_probabilities(service, result) -> dict[int, float]:
+    """Finding class_id -> the classifier's probability (for the SR), as infer's clf_* columns give them."""
+    if service.classifier is None or result.classifier is None:
+        return {}
+    from cxrdet.dicomout.writer import classifier_from_row
+
+    return classifier_from_row(dict(zip(service.classifier.columns, map(float, result.classifier["probabilities"]))))
 
 
 def dicom_header(path: Path):

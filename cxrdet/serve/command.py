@@ -31,6 +31,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", metavar="ARTIFACT_DIR",
                    help="exported detector (RUN/export: model.pt + config.json); repeat to ensemble (WBF)")
     p.add_argument("--gate", help="gate folder (gate.ubj + gate_schema.json from `cxrdet train-gate`)")
+    p.add_argument("--classifier", action="append", metavar="ARTIFACT_DIR",
+                   help="image-level classifier (`cxrdet train-classifier` RUN/export; repeat to average): its "
+                   "probability table and Grad-CAM heatmaps on the page and in the answer; needed by a gate "
+                   "trained with classifier evidence")
+    p.add_argument("--cam-classes", default=d.cam_classes, metavar="top3|all|ID,...",
+                   help="heatmaps per image with --classifier, as `cxrdet classify --cam-classes` (default: %(default)s)")
     p.add_argument("--demo-dir", help="serve the artifacts of a `cxrdet demo` run (its detector/export and gate/, "
                    "with the TTA and overlay score its infer used, from DIR/commands.txt); e.g. data/demo")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
@@ -56,8 +62,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def demo_artifacts(demo_dir: str) -> tuple[list[str], str, str | None, float | None]:
-    """(models, gate, tta, vis conf) of a `cxrdet demo` run folder.
+def demo_artifacts(demo_dir: str) -> tuple[list[str], str, str | None, float | None, list[str]]:
+    """(models, gate, tta, vis conf, classifiers) of a `cxrdet demo` run folder.
+
+    When the demo trained a classifier, it is served with the gate that uses its evidence
+    (DIR/gate_clf), as the demo's stacked-gate run predicted.
 
     TTA and overlay score are those of the demo's own test-set `cxrdet infer` line in
     DIR/commands.txt (None when it cannot be read), so the page shows what the demo's overlays do.
@@ -77,7 +86,10 @@ def demo_artifacts(demo_dir: str) -> tuple[list[str], str, str | None, float | N
             tta = _flag_value(argv, ("--tta",)) or tta
             vis_text = _flag_value(argv, ("--vis-conf", "--vis-min-score"))
             vis = float(vis_text) if vis_text is not None else vis
-    return [str(model)], str(gate), tta, vis
+    classifier = root / "classifier" / "export"
+    if (classifier / "model.pt").is_file() and (root / "gate_clf").is_dir():
+        return [str(model)], str(root / "gate_clf"), tta, vis, [str(classifier)]
+    return [str(model)], str(gate), tta, vis, []
 
 
 def _flag_value(argv: list[str], names: tuple[str, ...]) -> str | None:
@@ -89,10 +101,12 @@ def _flag_value(argv: list[str], names: tuple[str, ...]) -> str | None:
 
 def build_config(args: argparse.Namespace) -> ServeConfig:
     models, gate, tta, vis = list(args.model or []), args.gate, args.tta, args.vis_conf
+    classifiers = list(args.classifier or [])
     if args.demo_dir:
-        if models or gate:
-            raise UserError("--demo-dir picks the demo's detector and gate: pass either it or --model/--gate")
-        models, gate, demo_tta, demo_vis = demo_artifacts(args.demo_dir)
+        if models or gate or classifiers:
+            raise UserError("--demo-dir picks the demo's detector, gate and classifier: pass either it or "
+                            "--model/--gate/--classifier")
+        models, gate, demo_tta, demo_vis, classifiers = demo_artifacts(args.demo_dir)
         tta = tta or demo_tta
         vis = demo_vis if vis is None else vis
     if not models:
@@ -109,7 +123,8 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         if value is not None and not 0 <= value <= 1:
             raise UserError(f"{name} is a score in [0, 1], got {value}")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
-    return ServeConfig(models=tuple(models), gate=gate, device=args.device, tta=tta or "none", conf=args.conf,
+    return ServeConfig(models=tuple(models), gate=gate, classifiers=tuple(classifiers), cam_classes=args.cam_classes,
+                       device=args.device, tta=tta or "none", conf=args.conf,
                        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, queue_size=args.queue_size,
                        batch_size=args.batch_size, decode_workers=args.workers, token=token,
                        min_score=ServeConfig.min_score if vis is None else vis)
@@ -131,7 +146,8 @@ def main(args: argparse.Namespace) -> int:
     device = torch_device(config.device, torch.cuda.device_count())
     service = load_service(config, device)
     app = create_app(service)
-    log(f"{len(config.models)} detector(s){' + gate' if config.gate else ''}, tta={config.tta}, device {device}, "
+    log(f"{len(config.models)} detector(s){' + gate' if config.gate else ''}"
+        f"{' + classifier' if config.classifiers else ''}, tta={config.tta}, device {device}, "
         f"queue {config.queue_size}, uploads <= {config.max_upload_mb:g} MiB")
     if args.host in ALL_INTERFACES:
         log(f"WARNING: bound to all interfaces ({args.host or '*'}): anyone who can reach this machine can upload "

@@ -23,6 +23,7 @@ from cxrdet.formats.submission import format_prediction_string
 from cxrdet.inference.overlay import OverlayLayout, class_colour, overlay_layout
 from cxrdet.detections import Detections
 from cxrdet.inference.predictor import ImageResult, keep_confident
+from cxrdet.serve.classifier import classifier_block
 
 PAGE_MAX_BOXES = 100  # boxes the page can show (the slider hides the rest); more is clutter
 
@@ -64,7 +65,7 @@ def display_block(layout: OverlayLayout, request_id: str) -> dict:
 
 
 def response_body(result: ImageResult, request_id: str, versions: dict, timings: dict,
-                  conf: float | None = None, has_sr: bool = False) -> dict:
+                  conf: float | None = None, has_sr: bool = False, class_names: list[str] | None = None) -> dict:
     """The API's answer; ``conf`` filters the findings as ``cxrdet infer --conf`` filters the
     submission (the page still shows every box from score 0, as infer's overlays do)."""
     s = result.sample
@@ -83,9 +84,8 @@ def response_body(result: ImageResult, request_id: str, versions: dict, timings:
         "models": versions,
         "timings": {k: round(float(v), 2) for k, v in timings.items()},
         "display": display_block(layout, request_id),
-        # hooks: filled when an image-level classifier (probabilities, heatmaps) or a DICOM SR
-        # writer is loaded; None meanwhile (docs/serve.md)
-        "classifier": None,
+        # the image-level classifier's probabilities and heatmaps (None without --classifier)
+        "classifier": classifier_block(result.classifier, class_names, request_id) if class_names else None,
         # the SR needs the source's UIDs and patient: DICOM uploads only
         "downloads": {"overlay_png": f"/v1/results/{request_id}/overlay.png",
                       "sr": f"/v1/results/{request_id}/sr.dcm" if has_sr else None},

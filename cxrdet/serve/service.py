@@ -21,6 +21,8 @@ class ServeConfig:
 
     models: tuple[str, ...]  # detector artifact folders (RUN/export); several are fused with WBF
     gate: str | None = None  # gate folder from `cxrdet train-gate`
+    classifiers: tuple[str, ...] = ()  # image-level classifier artifacts (probabilities, heatmaps)
+    cam_classes: str = "top3"  # heatmaps per image, as `cxrdet classify --cam-classes`
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     tta: str = "none"  # as `cxrdet infer --tta`
     conf: float | None = None  # minimum finding score in the answer, as `cxrdet infer --conf`
@@ -47,8 +49,16 @@ class Service:
     predictor: Predictor
     cache_settings: object
     versions: dict = field(default_factory=dict)
-    # hook for the image-level classifier: None until one is loaded (see docs/serve.md)
-    classifier: object | None = None
+    classifier: object | None = None  # a ServeClassifier with --classifier, else None
+
+    @property
+    def runner(self):
+        """What the model thread calls ``predict`` on: the classifier first when there is one."""
+        if self.classifier is None:
+            return self.predictor
+        from cxrdet.serve.classifier import ClassifiedPredictor
+
+        return ClassifiedPredictor(self.predictor, self.classifier)
 
 
 def sha256_prefix(path: str | os.PathLike, n: int = 16) -> str:
@@ -68,7 +78,8 @@ def load_service(config: ServeConfig, device) -> Service:
 
     models, cache_settings, records = load_detectors(list(config.models), device)
     gate = load_gate(config.gate) if config.gate else None
-    predictor = Predictor(models, gate, PredictSettings(tta=config.tta))
+    classifier = load_classifier(config, device, cache_settings) if config.classifiers else None
+    predictor = Predictor(models, gate, PredictSettings(tta=config.tta), classifier.columns if classifier else None)
     detectors = []
     for d, record in zip(config.models, records):
         cfg = DetectorConfig.load(Path(d) / CONFIG_FILE)
@@ -81,7 +92,24 @@ def load_service(config: ServeConfig, device) -> Service:
 
         gate_info = {"dir": str(Path(config.gate).resolve()), "low": gate.low, "high": gate.high,
                      "feature_groups": sorted(gate.groups), "sha256": sha256_prefix(Path(config.gate) / GATE_FILE)}
-    versions = {"cxrdet": __version__, "detectors": detectors, "gate": gate_info, "classifier": None,
+    clf_info = None
+    if classifier is not None:
+        clf_info = {"artifacts": [str(Path(d).resolve()) for d in config.classifiers],
+                    "arch": [cfg.arch for _, cfg in classifier.models], "classes": classifier.class_names,
+                    "cam_classes": config.cam_classes,
+                    "sha256": [sha256_prefix(Path(d) / "model.pt") for d in config.classifiers]}
+    versions = {"cxrdet": __version__, "detectors": detectors, "gate": gate_info, "classifier": clf_info,
                 "tta": config.tta, "wbf_iou": predictor.settings.wbf_iou, "device": str(device),
                 "cache": {"size": int(cache_settings.size), "voi": str(cache_settings.voi)}}
-    return Service(config, predictor, cache_settings, versions)
+    return Service(config, predictor, cache_settings, versions, classifier)
+
+
+def load_classifier(config: ServeConfig, device, cache_settings):
+    """The ServeClassifier of ``config.classifiers`` (checked as `cxrdet infer --classifier` checks)."""
+    from cxrdet.classifier.cam import CamExplainer, parse_cam_classes
+    from cxrdet.inference.infer import load_classifiers
+    from cxrdet.serve.classifier import ServeClassifier
+
+    models, names = load_classifiers(list(config.classifiers), device, cache_settings)
+    classes = parse_cam_classes(config.cam_classes, names)
+    return ServeClassifier(models, names, device, classes, CamExplainer(models, device))

@@ -7,7 +7,7 @@ const CLASS_NAMES = ["Aortic enlargement", "Atelectasis", "Calcification", "Card
   "ILD", "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion",
   "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis"];
 
-const state = { result: null, image: null, hidden: new Set(), tokenRequired: false };
+const state = { result: null, image: null, heatmaps: new Map(), hidden: new Set(), tokenRequired: false };
 const $ = (id) => document.getElementById(id);
 
 function authHeaders() {
@@ -56,6 +56,11 @@ async function upload(file) {
   }
   const png = await fetch(body.display.image_url, { headers: authHeaders() });
   state.image = await createImageBitmap(await png.blob());
+  state.heatmaps = new Map();
+  for (const h of (body.classifier ? body.classifier.heatmaps : [])) {  // same picture size as the image
+    const pic = await fetch(h.url, { headers: authHeaders() });
+    if (pic.ok) state.heatmaps.set(h.class_index, await createImageBitmap(await pic.blob()));
+  }
   state.result = body;
   state.hidden = new Set();
   showResult(body);
@@ -74,7 +79,8 @@ function showResult(r) {
   $("timings").textContent = Object.entries(r.timings).map(([k, v]) => k + " " + Math.round(v)).join(", ");
   fillProbabilities(r.image_level.classes);
   fillClassToggles(r.display.items);
-  $("classifier").hidden = !r.classifier;  // hook: the classifier's probabilities / heatmaps
+  $("classifier").hidden = !r.classifier;
+  if (r.classifier) fillClassifier(r.classifier);
   $("download-sr").hidden = !(r.downloads && r.downloads.sr);  // hook: DICOM SR download
   draw();
 }
@@ -90,6 +96,34 @@ function fillProbabilities(classes) {
     cell.className = "num";
     cell.textContent = c.p.toFixed(3);
   }
+}
+
+function fillClassifier(c) {
+  const body = $("clf-probs").querySelector("tbody");
+  body.replaceChildren();
+  for (const k of [...c.classes].sort((a, b) => b.probability - a.probability)) {
+    const row = body.insertRow();
+    row.dataset.classIndex = k.class_index;
+    row.insertCell().textContent = k.class_name;
+    const cell = row.insertCell();
+    cell.className = "num";
+    cell.textContent = k.probability.toFixed(3);
+  }
+  const select = $("heatmap-class");
+  select.replaceChildren(...c.heatmaps.map((h) => {
+    const option = document.createElement("option");
+    option.value = String(h.class_index);
+    option.textContent = h.class_name + " " + h.probability.toFixed(2);
+    return option;
+  }));
+  $("heatmap-toggle").checked = false;
+  $("heatmap-toggle").disabled = c.heatmaps.length === 0;
+}
+
+function baseImage() {
+  // the heatmap picture of the chosen class when the overlay is on, else the display image
+  if (!$("heatmap-toggle").checked) return state.image;
+  return state.heatmaps.get(Number($("heatmap-class").value)) || state.image;
 }
 
 function fillClassToggles(items) {
@@ -146,7 +180,9 @@ function draw() {
   canvas.width = d.width;
   canvas.height = d.height;
   ctx.imageSmoothingEnabled = true;
-  ctx.drawImage(state.image, 0, 0, d.width, d.height);
+  const base = baseImage();
+  ctx.drawImage(base, 0, 0, d.width, d.height);
+  canvas.dataset.heatmap = base === state.image ? "" : $("heatmap-class").value;
   const items = visibleItems();
   const thick = Math.max(1, Math.round(Math.max(d.width, d.height) / 400));
   ctx.lineWidth = thick;
@@ -233,6 +269,7 @@ function init() {
   });
   $("download-overlay").addEventListener("click", downloadOverlay);
   $("download-sr").addEventListener("click", downloadSR);
+  for (const id of ["heatmap-toggle", "heatmap-class"]) $(id).addEventListener("change", () => state.result && draw());
   $("token").value = sessionStorage.getItem("cxrdet-token") || "";
   loadInfo().catch((err) => setStatus("Cannot read /healthz: " + err, "error"));
 }
