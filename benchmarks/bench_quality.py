@@ -82,6 +82,14 @@ QUICK = DemoPlan(n_train=60, n_test=16, steps=4, warmup_steps=1)  # smoke only: 
 QUICK_GATE_FOLDS = 3  # 15 OOF images hold too few of each class for the gate's default 5 folds
 ROWS = ("no gate", "gate 0.08/0.95", "gate tuned (all OOF)", "gate train-gate choice")
 TTAS = ("none", "hflip")
+# the classifier's rows (tta none: the stacked gate's own test-set run): its evidence in the gate,
+# and box rescoring by its probabilities (applied here with cxrdet.gate.rescore to that run's boxes)
+CLF_ROWS = ("gate+clf 0.08/0.95", "gate+clf train-gate choice", "gate+clf 0.08/0.95 + rescore")
+GAINS = {  # paired per seed: row - reference, both tta none
+    "classifier evidence (0.08/0.95)": ("gate+clf 0.08/0.95", "gate 0.08/0.95"),
+    "classifier evidence (train-gate choice)": ("gate+clf train-gate choice", "gate train-gate choice"),
+    "rescoring on top": ("gate+clf 0.08/0.95 + rescore", "gate+clf 0.08/0.95"),
+}
 N_BOOT = 200  # SE to +-5% (relative) is enough to compare with 0.02
 SE_GOAL = 0.02
 
@@ -130,7 +138,31 @@ def train_seed(run: Runner, plan: DemoPlan, seed: int, workers: str, gate_folds:
         run(f"seed {seed}: infer test, tta {tta}", "infer", [*common, "--dicom-dir", str(d / "synth" / "test"),
             "--gate", str(s / "gate"), "--low", "0", "--high", "1.01", "--tta", tta,
             "--image-level-out", str(s / f"test_{tta}_image_level.csv"), "--out", str(s / f"test_{tta}.csv")])
+    classifier_seed(run, plan, seed, workers, gate_folds)
     return s
+
+
+def classifier_seed(run: Runner, plan: DemoPlan, seed: int, workers: str, gate_folds: int) -> None:
+    """The demo's classifier for one seed, its OOF probabilities, the stacked gate, and the test
+    set through it (tta none; the image-level CSV then holds the classifier's clf_* columns)."""
+    d, s = run.out, run.out / f"seed{seed}"
+    run(f"seed {seed}: train classifier", "train-classifier", [
+        "--out", str(s / "classifier"), "--cache", str(d / "cache" / "train.h5"), "--labels", str(d / "synth" / "train.csv"),
+        "--folds", str(d / "folds.csv"), "--fold", "0", "--arch", plan.clf_arch, "--size", str(plan.clf_size),
+        "--epochs", str(plan.clf_epochs), "--batch-size", str(plan.clf_batch_size), "--workers", workers,
+        "--device", "cpu", "--seed", str(seed)])
+    clf = str(s / "classifier" / "export")
+    run(f"seed {seed}: out-of-fold classifier probabilities", "classify", [
+        "--model", clf, "--cache", str(d / "cache" / "train.h5"), "--folds", str(d / "folds.csv"), "--fold", "0",
+        "--workers", workers, "--device", "cpu", "--out", str(s / "oof_probs_fold0.csv")])
+    run(f"seed {seed}: train gate with classifier evidence", "train-gate", [
+        "--meta", str(d / "cache" / "train_meta.csv"), "--labels", str(s / "labels_fold0.csv"), "--out", str(s / "gate_clf"),
+        "--detections", str(s / "oof_fold0.csv"), "--detector-run", str(s / "detector"), "--classifier-probs",
+        str(s / "oof_probs_fold0.csv"), "--seed", str(seed), "--workers", workers, "--n-folds", str(gate_folds)])
+    run(f"seed {seed}: infer test through the stacked gate", "infer", [
+        "--model", str(s / "detector" / "export"), "--workers", workers, "--device", "cpu", "--dicom-dir",
+        str(d / "synth" / "test"), "--gate", str(s / "gate_clf"), "--classifier", clf, "--low", "0", "--high", "1.01",
+        "--tta", "none", "--image-level-out", str(s / "test_clf_image_level.csv"), "--out", str(s / "test_clf.csv")])
 
 
 def findings_and_p(sub: Path, image_level: Path) -> tuple[dict[str, Detections], dict[str, float]]:
@@ -170,23 +202,58 @@ def score_seed(s: Path, gt: pd.DataFrame, train_labels: pd.DataFrame, seed: int)
             scorer = GatedScorer(dets, pp, gt)
             boot = [scorer.score(low, high, w)["map"] for w in weights]
             out[f"{row} | tta {tta}"] = {"map": res.map, "map_no14": res.map_no14, "se": float(np.std(boot))}
+    out.update(score_classifier_rows(s, gt, weights))
+    out["auroc_abnormal"] = {"gate | tta none": abnormal_auroc(gt, s / "test_none_image_level.csv"),
+                             "gate+clf | tta none": abnormal_auroc(gt, s / "test_clf_image_level.csv")}
     return out
+
+
+def score_classifier_rows(s: Path, gt: pd.DataFrame, weights: list) -> dict:
+    """CLF_ROWS for one seed: the stacked gate's P(abnormal) at the defaults and at train-gate's
+    pair, and the defaults with each box rescored by the classifier's probability of its class."""
+    from cxrdet.gate.rescore import rescore
+
+    dets, p = findings_and_p(s / "test_clf.csv", s / "test_clf_image_level.csv")
+    clf = read_image_level(s / "test_clf_image_level.csv").set_index("image_id")
+    rows = clf[[c for c in clf.columns if c.startswith("clf_")]].astype(float).to_dict("index")
+    rescored = {i: rescore(d, rows.get(i, {})) for i, d in dets.items()}
+    saved = json.loads((s / "gate_clf" / "gate_schema.json").read_text())["thresholds"]
+    variants = {"gate+clf 0.08/0.95": (dets, (DEFAULT_LOW, DEFAULT_HIGH)),
+                "gate+clf train-gate choice": (dets, (saved["low"], saved["high"])),
+                "gate+clf 0.08/0.95 + rescore": (rescored, (DEFAULT_LOW, DEFAULT_HIGH))}
+    out = {}
+    for row, (found, (low, high)) in variants.items():
+        gated = {i: apply_gate(d, p[i], low, high) for i, d in found.items()}
+        res = evaluate_detections(gt, detections_to_frame(gated), pred_image_ids=list(gated))
+        scorer = GatedScorer(found, p, gt)
+        boot = [scorer.score(low, high, w)["map"] for w in weights]
+        out[f"{row} | tta none"] = {"map": res.map, "map_no14": res.map_no14, "se": float(np.std(boot))}
+    return out
+
+
+def abnormal_auroc(gt: pd.DataFrame, image_level: Path) -> float:
+    """Image-level ROC AUC of P(abnormal) against 'a reader marked a finding'."""
+    from sklearn.metrics import roc_auc_score
+
+    p = read_image_level(image_level).set_index("image_id")["p_abnormal"].astype(float)
+    abnormal = gt.groupby("image_id")["class_id"].apply(lambda c: bool((c != NO_FINDING).any()))
+    ids = [i for i in abnormal.index if i in p.index]
+    return float(roc_auc_score(abnormal.loc[ids].astype(int), p.loc[ids]))
 
 
 def summarize_rows(per_seed: dict[int, dict], baseline: dict) -> list[dict]:
     rows = [{"row": "all-normal baseline", "per_seed_map": [baseline["map"]], "per_seed_map_no14": [baseline["map_no14"]],
              "mean": baseline["map"], "std": 0.0, "mean_no14": baseline["map_no14"], "std_no14": 0.0,
              "max_se": float("nan")}]  # one prediction, not bootstrapped
-    for row in ROWS:
-        for tta in TTAS:
-            key = f"{row} | tta {tta}"
-            m = [per_seed[s][key]["map"] for s in per_seed]
-            m14 = [per_seed[s][key]["map_no14"] for s in per_seed]
-            rows.append({"row": key, "per_seed_map": m, "per_seed_map_no14": m14, "mean": float(np.mean(m)),
-                         "std": float(np.std(m, ddof=1)) if len(m) > 1 else float("nan"),
-                         "mean_no14": float(np.mean(m14)),
-                         "std_no14": float(np.std(m14, ddof=1)) if len(m14) > 1 else float("nan"),
-                         "max_se": max(per_seed[s][key]["se"] for s in per_seed)})
+    keys = [f"{row} | tta {tta}" for row in ROWS for tta in TTAS] + [f"{row} | tta none" for row in CLF_ROWS]
+    for key in keys:
+        m = [per_seed[s][key]["map"] for s in per_seed]
+        m14 = [per_seed[s][key]["map_no14"] for s in per_seed]
+        rows.append({"row": key, "per_seed_map": m, "per_seed_map_no14": m14, "mean": float(np.mean(m)),
+                     "std": float(np.std(m, ddof=1)) if len(m) > 1 else float("nan"),
+                     "mean_no14": float(np.mean(m14)),
+                     "std_no14": float(np.std(m14, ddof=1)) if len(m14) > 1 else float("nan"),
+                     "max_se": max(per_seed[s][key]["se"] for s in per_seed)})
     return rows
 
 
@@ -200,6 +267,27 @@ def print_table(rows: list[dict], seeds: list[int], n_test: int) -> None:
               f"{r['std_no14']:7.4f}  {per}")
     se = float(np.nanmax([r["max_se"] for r in rows]))
     print(f"largest bootstrap SE {se:.4f}: {'below' if se < SE_GOAL else 'NOT below'} the {SE_GOAL} goal")
+
+
+def gains(per_seed: dict[int, dict]) -> dict:
+    """Paired gains per seed (GAINS) and the AUROC of P(abnormal) with and without the classifier."""
+    out = {}
+    for name, (row, ref) in GAINS.items():
+        diff = [per_seed[s][f"{row} | tta none"]["map"] - per_seed[s][f"{ref} | tta none"]["map"] for s in per_seed]
+        out[name] = {"per_seed": diff, "mean": float(np.mean(diff)),
+                     "std": float(np.std(diff, ddof=1)) if len(diff) > 1 else float("nan")}
+    for key in ("gate | tta none", "gate+clf | tta none"):
+        a = [per_seed[s]["auroc_abnormal"][key] for s in per_seed]
+        out[f"AUROC p(abnormal), {key}"] = {"per_seed": a, "mean": float(np.mean(a)),
+                                            "std": float(np.std(a, ddof=1)) if len(a) > 1 else float("nan")}
+    return out
+
+
+def print_gains(g: dict) -> None:
+    print("\npaired over seeds (mAP@0.4 difference, tta none; a gain is real when |mean| is well above std / sqrt(seeds))")
+    for name, e in g.items():
+        per = "  ".join(f"{v:+.3f}" if not name.startswith("AUROC") else f"{v:.3f}" for v in e["per_seed"])
+        print(f"  {name:<44} mean {e['mean']:+.4f}  std {e['std']:.4f}  per seed {per}")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -235,9 +323,11 @@ def main(args: argparse.Namespace) -> int:
     rows = summarize_rows(per_seed, {"map": base.map, "map_no14": base.map_no14})
     seconds = time.perf_counter() - start
     print_table(rows, seeds, int(gt["image_id"].nunique()))
+    paired = gains(per_seed)
+    print_gains(paired)
     print(f"total {seconds:.0f} s ({'QUICK smoke run: not a measurement' if args.quick else 'full run'})")
     write_json(out / "results.json", {"quick": args.quick, "plan": dataclasses.asdict(plan), "seeds": seeds,
-                                      "seed_data": args.seed_data, "seconds": round(seconds, 1), "rows": rows,
+                                      "seed_data": args.seed_data, "seconds": round(seconds, 1), "rows": rows, "gains": paired,
                                       "per_seed": {str(k): v for k, v in per_seed.items()}, "timings_s": run.timings})
     plot(rows, out / "quality.png")
     print(f"wrote {out / 'results.json'}, {out / 'quality.png'}")

@@ -274,7 +274,8 @@ def print_summary(s: dict) -> None:
     print(f"classifier: macro AUROC {_num(c['macro_auroc'])}, abnormal AUROC {_num(c['auroc_abnormal'])}; Grad-CAM "
           f"pointing game {_num(pg['hit_rate'])} (chance {_num(pg['chance'])}), heatmap boxes mAP@0.4 without "
           f"class 14 {_num(c['heatmap_box_map_no14'])}")
-    print("(one training seed on 60 images: differences below ~0.1 mAP are noise; benchmarks/bench_quality.py)")
+    print(f"(one training seed, {s['n_test_images']} test images: differences below ~0.1 mAP are noise; "
+          "benchmarks/bench_quality.py measures gains over seeds)")
     print(f"submission:   {p['submission']}")
     print(f"overlays:     {p['overlays']}/")
     print(f"heatmaps:     {p['heatmaps']}/ (Grad-CAM overlay per test image and class)")

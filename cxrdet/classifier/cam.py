@@ -80,21 +80,18 @@ class CamExplainer:
 
     def explain(self, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """For each cache image, float32 ``[len(classes[i]), h, w]`` heatmaps in [0, 1]."""
-        pairs = [(i, c) for i, cl in enumerate(classes) for c in cl]
+        # one (image, slot, class) triple per heatmap: batches mix images and classes freely
+        triples = [(i, k, c) for i, cl in enumerate(classes) for k, c in enumerate(cl)]
         out = [np.zeros((len(cl), *np.asarray(im).shape[:2]), np.float32) for im, cl in zip(images, classes)]
-        slot = {}
-        for i, cl in enumerate(classes):
-            for k, c in enumerate(cl):
-                slot[(i, c)] = k
         for (model, cfg), cam in zip(self.models, self.cams):
-            for start in range(0, len(pairs), self.batch_size):
-                chunk = pairs[start:start + self.batch_size]
-                batch = batch_tensor([images[i] for i, _ in chunk], cfg.size, self.device)
+            for start in range(0, len(triples), self.batch_size):
+                chunk = triples[start:start + self.batch_size]
+                batch = batch_tensor([images[i] for i, _, _ in chunk], cfg.size, self.device)
                 x = to_model_input(batch, cfg.image_mean, cfg.image_std)
-                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for _, c in chunk])
-                for (i, c), m in zip(chunk, maps):
+                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for _, _, c in chunk])
+                for (i, k, _), m in zip(chunk, maps):
                     h, w = out[i].shape[1:]
-                    out[i][slot[(i, c)]] += cv2.resize(np.asarray(m, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+                    out[i][k] += cv2.resize(np.asarray(m, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         return [np.clip(o / len(self.models), 0.0, 1.0) for o in out]
 
     def close(self) -> None:
