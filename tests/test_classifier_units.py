@@ -207,3 +207,37 @@ def test_densenet_files_with_torchvisions_old_key_names_load(tmp_path):
         len(old) - 2  # every tensor but the 1000-class classifier
     assert torch.equal(model.features.denseblock1.denselayer1.norm1.weight,
                        imagenet["features.denseblock1.denselayer1.norm1.weight"])
+
+
+@pytest.mark.parametrize("edit, says", [
+    ({"size": "512"}, "size must be a finite integer, found str '512'"),
+    ({"size": True}, "size must be a finite integer, found bool True"),
+    ({"lr": float("nan")}, "lr must be a finite number, found float nan"),
+    ({"class_names": ["a", 3]}, "class_names must be a list of strings, found list ['a', 3]"),
+    ({"image_mean": [0.5, None, 0.5]}, "image_mean must be a list of finite numbers, found list [0.5, None, 0.5]"),
+    ({"loggers": "csv"}, "loggers must be a list of strings, found str 'csv'"),
+    ({"class_names": ["a", "b", "a"]}, "class_names lists ['a'] more than once"),
+])
+def test_classifier_config_load_checks_each_fields_type(tmp_path, edit, says):
+    import json
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**ClassifierConfig(class_names=["a", "b"]).to_dict(), **edit}))
+    with pytest.raises(UserError) as e:
+        ClassifierConfig.load(path)
+    assert str(e.value).startswith(f"{path}: ") and says in str(e.value)
+
+
+def test_classifier_config_load_refuses_what_is_no_settings_object(tmp_path):
+    path = tmp_path / "config.json"
+    for data, says in [(b"[1, 2]", "expected a JSON object of classifier settings, found list"),
+                       (b"\xff{}", "is not valid UTF-8 JSON"), (b"[" * 100_000, "is not valid UTF-8 JSON")]:
+        path.write_bytes(data)
+        with pytest.raises(UserError, match="classifier") as e:
+            ClassifierConfig.load(path)
+        assert str(path) in str(e.value) and says in str(e.value)
+    good = ClassifierConfig(size=224, lr=1e-3, image_mean=[0.5, 0.5, 0.5])
+    good.save(path)
+    assert ClassifierConfig.load(path) == good
+    path.write_text('{"lr": 1, "size": 224}')  # an int where a float is expected is a float
+    assert ClassifierConfig.load(path).lr == 1.0 and isinstance(ClassifierConfig.load(path).lr, float)
