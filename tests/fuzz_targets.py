@@ -19,6 +19,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from fuzz_core import Escaped, Target, check_config_fields, ids, mutants, numbers, probabilities, run_example, workdir  # noqa: F401 (the API)
+import fuzz_targets_classifier
 from fuzz_images import dicom_seeds, dicom_strategy, image_seeds, image_strategy
 from fuzz_strategies import floats, csv_documents, mutated_json
 
@@ -260,6 +261,7 @@ TARGET_FACTORIES = {
     "labels": _labels, "folds": _folds, "submission": _submission, "merge_submission": _merge_submission,
     "png_sizes": _png_sizes, "image_level": _image_level, "provenance": _provenance,
     "gate_schema": _gate_schema, "detector_config": _detector_config, "dicom": _dicom, "png": _png,
+    **fuzz_targets_classifier.TARGET_FACTORIES,
 }
 
 

@@ -241,3 +241,40 @@ def test_classifier_config_load_refuses_what_is_no_settings_object(tmp_path):
     assert ClassifierConfig.load(path) == good
     path.write_text('{"lr": 1, "size": 224}')  # an int where a float is expected is a float
     assert ClassifierConfig.load(path).lr == 1.0 and isinstance(ClassifierConfig.load(path).lr, float)
+
+
+def test_label_sources_name_the_line_of_a_broken_quote_or_a_joined_image_index(tmp_path):
+    head = "Image Index,Finding Labels\n00000001_000.png,Cardiomegaly\n"
+    cases = [(head + '"00000002_000.png,Effusion\n00000003_000.png,No Finding\n',
+              ":3: a quote (\") opened on this line is never closed"),
+             (head + '"00000002_000.png,Effusion\n00000003_000.png",No Finding\n',  # closed a line later
+              ":3: Image Index '00000002_000.png,Effusion\\n00000003_000.png' is not a plain file name"),
+             ('\n\n"Image Index,Finding Labels\n', ":3: a quote (\") opened on this line is not closed"),
+             ("\n \n", ": the file is empty")]
+    for k, (text, says) in enumerate(cases):
+        path = tmp_path / f"nih{k}.csv"
+        path.write_text(text)
+        with pytest.raises(UserError) as e:
+            read_label_source(path)
+        assert f"{path}{says}" in str(e.value), str(e.value)
+
+
+def test_probability_csv_is_read_like_every_cxrdet_csv(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes("\ufeffimage_id, A ,B\r\n x1 ,0.5,1\r\n\r\ny2,0,0.25\r\n".encode())  # Excel: BOM, spaces
+    probs = read_probabilities(path)
+    assert probs.class_names == ["A", "B"] and probs.image_ids == ["x1", "y2"]
+    np.testing.assert_array_equal(probs.values, [[0.5, 1.0], [0.0, 0.25]])
+    for text, says in [("image_id,A,A\nx,0,1\n", ":1: class names must be non-empty and distinct"),
+                       ("image_id,A,\nx,0,1\n", ":1: class names must be non-empty and distinct"),
+                       ('image_id,A\nx,0.5\n"y,0.5\n', ":3: a quote (\") opened on this line is not closed"),
+                       ("image_id,A\n ,0.5\n", ":2: empty image_id"),
+                       ("image_id,A\nx,nan\ny,1e309\n", ":3: probabilities must be in [0, 1]"),
+                       ("image_id,A\nx," + "9" * 200_000 + "\n", ":2: probabilities must be in [0, 1], found ['999")]:
+        path.write_text(text)
+        with pytest.raises(UserError) as e:
+            read_probabilities(path)
+        assert f"{path}{says}" in str(e.value) and len(str(e.value)) < 2000, str(e.value)[:300]
+    path.write_bytes(b"image_id,A\nx,0.\xff5\n")
+    with pytest.raises(UserError, match=r"p.csv:2: not UTF-8 text"):
+        read_probabilities(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ class ClassifierConfig:
             parse_loggers(self.loggers)
         except ValueError as e:
             raise UserError(f"{source}: loggers: {e}") from None
-        repeated = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+        repeated = sorted(n for n, k in Counter(self.class_names).items() if k > 1)
         if repeated:  # one output per name: a repeated name would hide which output is which
             raise UserError(f"{source}: class_names lists {repeated} more than once; each class once")
         if self.pos_weight and len(self.pos_weight) != len(self.class_names):
