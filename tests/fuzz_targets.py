@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from fuzz_core import Escaped, Target, check_config_fields, ids, mutants, numbers, probabilities, run_example, workdir  # noqa: F401 (the API)
 import fuzz_targets_classifier
+import fuzz_targets_services
 from fuzz_images import dicom_seeds, dicom_strategy, image_seeds, image_strategy
 from fuzz_strategies import floats, csv_documents, mutated_json
 
@@ -261,7 +262,7 @@ TARGET_FACTORIES = {
     "labels": _labels, "folds": _folds, "submission": _submission, "merge_submission": _merge_submission,
     "png_sizes": _png_sizes, "image_level": _image_level, "provenance": _provenance,
     "gate_schema": _gate_schema, "detector_config": _detector_config, "dicom": _dicom, "png": _png,
-    **fuzz_targets_classifier.TARGET_FACTORIES,
+    **fuzz_targets_classifier.TARGET_FACTORIES, **fuzz_targets_services.TARGET_FACTORIES,
 }
 
 
@@ -271,4 +272,5 @@ def target(name: str) -> Target:
 
 
 def cleanup() -> None:
+    fuzz_targets_services.close()
     shutil.rmtree(workdir(), ignore_errors=True)
