@@ -92,8 +92,22 @@ def _post(path: Path) -> dict:
                         headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
     else:
         r = client.post("/v1/predict", files={"file": ("study.dcm", data)})
+    _refusal(r)
+    body = r.json()
+    # what the page fetches next: the overlay, and the SR of a DICOM upload (built from its header)
+    for url in body["downloads"].values():
+        if url is not None:
+            got = client.get(url)
+            if got.status_code != 200:
+                _refusal(got)
+            body.setdefault("fetched", {})[url.rsplit("/", 1)[-1]] = got
+    return body
+
+
+def _refusal(r) -> None:
+    """Nothing for a 200; Refused for a 4xx JSON reason; an escape for anything else."""
     if r.status_code == 200:
-        return r.json()
+        return
     detail = r.json().get("detail") if r.headers.get("content-type", "").startswith("application/json") else None
     if 400 <= r.status_code < 500 and isinstance(detail, str) and detail:
         if "cxrdet-serve-" in detail or str(workdir()) in detail:  # the private upload folder leaked
@@ -114,6 +128,16 @@ def _check_answer(body: dict) -> None:
     parse_prediction_string(body["prediction_string"])  # exactly what infer writes: it must read back
     p = body["p_abnormal"]
     assert p is None or 0 <= p <= 1, p
+    fetched = body.get("fetched", {})
+    if "overlay.png" in fetched:
+        assert fetched["overlay.png"].content.startswith(b"\x89PNG"), fetched["overlay.png"].content[:8]
+    if "sr.dcm" in fetched and fetched["sr.dcm"].status_code == 200:
+        import pydicom
+
+        from cxrdet.dicomout.sr import read_sr
+
+        back = read_sr(pydicom.dcmread(io.BytesIO(fetched["sr.dcm"].content)))
+        assert len(back.detections) == sum(f["score"] >= 0.3 for f in body["findings"]), back.detections
 
 
 def _serve() -> Target:
