@@ -207,3 +207,74 @@ def test_densenet_files_with_torchvisions_old_key_names_load(tmp_path):
         len(old) - 2  # every tensor but the 1000-class classifier
     assert torch.equal(model.features.denseblock1.denselayer1.norm1.weight,
                        imagenet["features.denseblock1.denselayer1.norm1.weight"])
+
+
+@pytest.mark.parametrize("edit, says", [
+    ({"size": "512"}, "size must be a finite integer, found str '512'"),
+    ({"size": True}, "size must be a finite integer, found bool True"),
+    ({"lr": float("nan")}, "lr must be a finite number, found float nan"),
+    ({"class_names": ["a", 3]}, "class_names must be a list of strings, found list ['a', 3]"),
+    ({"image_mean": [0.5, None, 0.5]}, "image_mean must be a list of finite numbers, found list [0.5, None, 0.5]"),
+    ({"loggers": "csv"}, "loggers must be a list of strings, found str 'csv'"),
+    ({"class_names": ["a", "b", "a"]}, "class_names lists ['a'] more than once"),
+])
+def test_classifier_config_load_checks_each_fields_type(tmp_path, edit, says):
+    import json
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**ClassifierConfig(class_names=["a", "b"]).to_dict(), **edit}))
+    with pytest.raises(UserError) as e:
+        ClassifierConfig.load(path)
+    assert str(e.value).startswith(f"{path}: ") and says in str(e.value)
+
+
+def test_classifier_config_load_refuses_what_is_no_settings_object(tmp_path):
+    path = tmp_path / "config.json"
+    for data, says in [(b"[1, 2]", "expected a JSON object of classifier settings, found list"),
+                       (b"\xff{}", "is not valid UTF-8 JSON"), (b"[" * 100_000, "is not valid UTF-8 JSON")]:
+        path.write_bytes(data)
+        with pytest.raises(UserError, match="classifier") as e:
+            ClassifierConfig.load(path)
+        assert str(path) in str(e.value) and says in str(e.value)
+    good = ClassifierConfig(size=224, lr=1e-3, image_mean=[0.5, 0.5, 0.5])
+    good.save(path)
+    assert ClassifierConfig.load(path) == good
+    path.write_text('{"lr": 1, "size": 224}')  # an int where a float is expected is a float
+    assert ClassifierConfig.load(path).lr == 1.0 and isinstance(ClassifierConfig.load(path).lr, float)
+
+
+def test_label_sources_name_the_line_of_a_broken_quote_or_a_joined_image_index(tmp_path):
+    head = "Image Index,Finding Labels\n00000001_000.png,Cardiomegaly\n"
+    cases = [(head + '"00000002_000.png,Effusion\n00000003_000.png,No Finding\n',
+              ":3: a quote (\") opened on this line is never closed"),
+             (head + '"00000002_000.png,Effusion\n00000003_000.png",No Finding\n',  # closed a line later
+              ":3: Image Index '00000002_000.png,Effusion\\n00000003_000.png' is not a plain file name"),
+             ('\n\n"Image Index,Finding Labels\n', ":3: a quote (\") opened on this line is not closed"),
+             ("\n \n", ": the file is empty")]
+    for k, (text, says) in enumerate(cases):
+        path = tmp_path / f"nih{k}.csv"
+        path.write_text(text)
+        with pytest.raises(UserError) as e:
+            read_label_source(path)
+        assert f"{path}{says}" in str(e.value), str(e.value)
+
+
+def test_probability_csv_is_read_like_every_cxrdet_csv(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes("\ufeffimage_id, A ,B\r\n x1 ,0.5,1\r\n\r\ny2,0,0.25\r\n".encode())  # Excel: BOM, spaces
+    probs = read_probabilities(path)
+    assert probs.class_names == ["A", "B"] and probs.image_ids == ["x1", "y2"]
+    np.testing.assert_array_equal(probs.values, [[0.5, 1.0], [0.0, 0.25]])
+    for text, says in [("image_id,A,A\nx,0,1\n", ":1: class names must be non-empty and distinct"),
+                       ("image_id,A,\nx,0,1\n", ":1: class names must be non-empty and distinct"),
+                       ('image_id,A\nx,0.5\n"y,0.5\n', ":3: a quote (\") opened on this line is not closed"),
+                       ("image_id,A\n ,0.5\n", ":2: empty image_id"),
+                       ("image_id,A\nx,nan\ny,1e309\n", ":3: probabilities must be in [0, 1]"),
+                       ("image_id,A\nx," + "9" * 200_000 + "\n", ":2: probabilities must be in [0, 1], found ['999")]:
+        path.write_text(text)
+        with pytest.raises(UserError) as e:
+            read_probabilities(path)
+        assert f"{path}{says}" in str(e.value) and len(str(e.value)) < 2000, str(e.value)[:300]
+    path.write_bytes(b"image_id,A\nx,0.\xff5\n")
+    with pytest.raises(UserError, match=r"p.csv:2: not UTF-8 text"):
+        read_probabilities(path)

@@ -135,3 +135,19 @@ def test_image_size_lookup_strips_the_image_id(tmp_path):
     path = write(tmp_path, GOOD.replace("b,Cardiomegaly", "b  ,Cardiomegaly"))
     msg = error_of(path, image_sizes={"b": (350, 1000)})
     assert f"{path}:5: " in msg and "outside the image (height 350, width 1000)" in msg
+
+
+@pytest.mark.parametrize("body, line", [
+    (GOOD + '"c,ILD,5,R1,1,2,20,9\n', 6),  # a stray quote at the start of a line, never closed
+    (GOOD.replace("R3,", 'R3",', 1) + 'c,ILD,5,"R1,1,2,20,9\nd,ILD,5,R1,1,2,20,9\n', 6),
+])
+def test_a_quote_left_open_to_the_end_of_the_file_names_its_line(tmp_path, body, line):
+    path = write(tmp_path, body)
+    msg = error_of(path)
+    assert msg.startswith(f"{path}:{line}: a quote (\") opened on this line is never closed"), msg
+
+
+def test_undecodable_bytes_name_their_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes((HEADER + GOOD).encode() + b"c,ILD,5,R\xff1,1,2,20,9\n")
+    assert error_of(path).startswith(f"{path}:6: not UTF-8 text (byte 0xff")

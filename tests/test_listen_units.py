@@ -55,6 +55,23 @@ def test_store_handler_writes_before_success_and_refuses_what_it_cannot_store(tm
     assert len(queued) == 1
 
 
+def test_store_handler_answers_a_status_for_any_request_and_never_raises(tmp_path):
+    queued = []
+    handler = StoreHandler(tmp_path, queued.append, print)
+    dx = DigitalXRayImageStorageForProcessing
+
+    def unencodable(include_meta=True):
+        raise UnicodeEncodeError("ascii", "é", 0, 1, "the file meta cannot hold it")
+
+    assert handler(event(None, "1.2.3")) == SOP_CLASS_NOT_SUPPORTED  # no SOP Class UID in the request
+    for uid in (None, "", " ", ".1.2", "1" * 65, "1.2.é", "1.2/3", "1.2.3\x00"):
+        assert handler(event(dx, uid)) == CANNOT_UNDERSTAND, uid
+    assert handler(SimpleNamespace(request=event(dx, "1.2.7").request, encoded_dataset=unencodable)) \
+        == CANNOT_UNDERSTAND
+    assert handler(event(dx, " 1.02.3 ")) == SUCCESS  # leading zeros (seen from modalities) are stored
+    assert queued == ["1.02.3"] and [p.name for p in tmp_path.iterdir()] == ["1.02.3.dcm"]
+
+
 def test_pending_is_received_minus_reported_oldest_first(tmp_path):
     dirs = NodeDirs(tmp_path).make()
     for i, name in enumerate(["b", "a", "c", "d", "e"]):

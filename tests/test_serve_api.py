@@ -149,6 +149,10 @@ def _bad_uploads(tmp_path) -> dict[str, tuple[bytes, int, str]]:
     cases["bomb.png"] = (_png_header(30000, 30000), 422, "image too large")  # Pillow's own bomb check
     cases["wide.png"] = (_png_header(5000, 1000), 422, "5000 x 1000 = 5,000,000 pixels exceeds")
     cases["big.dicom"] = (b"\0" * (2 * 2**20), 413, "exceeds the server's limit of 1.0 MiB")
+    # Columns (0028,0011) US with an odd length: pydicom raises (BytesLengthException) only when read
+    data = write_dicom(tmp_path / "odd.dicom", phantom(8, 8)).read_bytes()
+    at = data.index(b"\x28\x00\x11\x00US\x02\x00")
+    cases["odd_columns.dicom"] = (data[:at + 6] + b"\x01\x00 " + data[at + 10:], 422, "malformed image size tags")
     return cases
 
 

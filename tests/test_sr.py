@@ -91,6 +91,37 @@ def test_source_without_references_is_refused_by_name(tmp_path, missing):
         build_sr(header(path), Detections([[1, 1, 9, 9]], [0.4], [7]))
 
 
+@pytest.mark.parametrize("edit", [{"PatientOrientation": None}, {"ImagerPixelSpacing": None},
+                                  {"PatientOrientation": "L"}, {"ImagerPixelSpacing": "0.14"}, {"Modality": "CT"}])
+def test_cr_dx_headers_without_the_library_descriptors_still_get_their_sr(tmp_path, edit):
+    # many CR/DX files lack PatientOrientation or ImagerPixelSpacing, which highdicom's image
+    # library descriptors read; the SR is written without those optional descriptors
+    path = write_dicom(tmp_path / "x.dcm", phantom(40, 40), extra={"ImagerPixelSpacing": [0.14, 0.14],
+                                                                  "PatientOrientation": ["L", "F"], **edit})
+    h = header(path)
+    back = read_sr(pydicom.dcmread(pydicom.filebase.DicomBytesIO(sr_bytes(h, Detections([[1, 1, 9, 9]], [0.4], [7])))))
+    assert back.detections.class_ids.tolist() == [7] and back.source_sop_instance_uid == h.SOPInstanceUID
+    assert h == header(path)  # the caller's header is not changed
+
+
+@pytest.mark.parametrize("edit, says", [
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1/1"}, "is not a DICOM image storage class"),
+    ({"SOPClassUID": str(ComprehensiveSRStorage)}, "is not a DICOM image storage class"),
+    ({"Modality": None}, "no Modality (0008,0060)"),
+    ({"Modality": "SR"}, "Modality 'SR' (0008,0060), which is no image"),
+])
+def test_source_headers_no_sr_can_reference_are_input_failures(tmp_path, edit, says):
+    h = header(write_dicom(tmp_path / "x.dcm", phantom(40, 40)))
+    for keyword, value in edit.items():
+        if value is None:
+            del h[keyword]
+        else:
+            setattr(h, keyword, value)
+    with pytest.raises(InputFailure) as e:
+        build_sr(h, Detections([[1, 1, 9, 9]], [0.4], [7]))
+    assert says in str(e.value)
+
+
 def test_box_outside_the_source_image_is_an_error(tmp_path):
     h = header(write_dicom(tmp_path / "x.dcm", phantom(40, 30)))
     with pytest.raises(ValueError, match="inside the 30x40 source image"):

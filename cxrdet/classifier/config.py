@@ -8,6 +8,8 @@ checkpoints without pickling. Each default carries the reason it was chosen. Fie
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from cxrdet.errors import UserError
 from cxrdet.flags import DEFAULT_SEED
 from cxrdet.formats import atomic
+from cxrdet.training.config_fields import field_types, typed_values
 from cxrdet.training.loggers import DEFAULT_LOGGERS, parse_loggers
 
 ARCHS = ("densenet121", "resnet50", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
@@ -94,11 +97,9 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "ClassifierConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown classifier config keys {unknown}; expected a subset of {sorted(known)}")
-        cfg = cls(**values)
+        """A checked config from a parsed JSON object: known keys, each of its field's type
+        (the detector config's rules), then :meth:`check`; UserError naming ``source`` otherwise."""
+        cfg = cls(**typed_values(values, FIELD_TYPES, source, "classifier"))
         cfg.check(source)
         return cfg
 
@@ -123,6 +124,9 @@ class ClassifierConfig:
             parse_loggers(self.loggers)
         except ValueError as e:
             raise UserError(f"{source}: loggers: {e}") from None
+        repeated = sorted(n for n, k in Counter(self.class_names).items() if k > 1)
+        if repeated:  # one output per name: a repeated name would hide which output is which
+            raise UserError(f"{source}: class_names lists {repeated} more than once; each class once")
         if self.pos_weight and len(self.pos_weight) != len(self.class_names):
             raise UserError(f"{source}: {len(self.pos_weight)} pos_weight values for {len(self.class_names)} classes")
 
@@ -136,13 +140,16 @@ class ClassifierConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ClassifierConfig":
-        import json
-
         path = Path(path)
         try:
-            values = json.loads(path.read_text())
+            values = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"classifier config {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"classifier config {path} is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+            raise UserError(f"classifier config {path} is not valid UTF-8 JSON: {e}") from None
+        except OSError as e:  # a folder, unreadable: the path is the clue
+            raise UserError(f"classifier config {path} cannot be read ({e.strerror or e})") from None
         return cls.from_dict(values, source=str(path))
+
+
+FIELD_TYPES = field_types(ClassifierConfig)

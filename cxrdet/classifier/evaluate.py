@@ -48,13 +48,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def aligned(labels, probs) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-    """(class names, truth, probabilities, notes) on the images and classes both files have."""
+def aligned(labels, probs, sources: tuple[str, str] = ("the labels", "the probabilities")
+            ) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """(class names, truth, probabilities, notes) on the images and classes both files have.
+
+    ``sources`` names the two inputs in messages (the files, when the command knows them)."""
     notes = []
+    where_labels, where_probs = sources
     common = sorted(set(labels.image_ids) & set(probs.image_ids))
     if not common:
-        raise UserError(f"no image id is in both the labels and the probabilities (e.g. labels {labels.image_ids[:3]}, "
-                        f"probabilities {probs.image_ids[:3]}); pass the probabilities of these labelled images")
+        raise UserError(f"no image id is in both {where_labels} and {where_probs} (e.g. labels "
+                        f"{labels.image_ids[:3]}, probabilities {probs.image_ids[:3]}); pass the probabilities "
+                        "of these labelled images")
     unlabelled = sorted(set(probs.image_ids) - set(labels.image_ids))
     if unlabelled:
         notes.append(f"{len(unlabelled)} predicted image(s) have no label and are not scored, e.g. {unlabelled[:SHOWN]}")
@@ -64,11 +69,11 @@ def aligned(labels, probs) -> tuple[list[str], np.ndarray, np.ndarray, list[str]
                      f"e.g. {unpredicted[:SHOWN]}")
     names = [n for n in probs.class_names if n in labels.class_names]
     if labels.task == "multiclass" and sorted(names) != sorted(labels.class_names):
-        raise UserError(f"the probabilities' classes {probs.class_names} are not the label folder's classes "
-                        f"{labels.class_names}; score a classifier trained on these classes")
+        raise UserError(f"the classes {probs.class_names} of {where_probs} are not the classes {labels.class_names} "
+                        f"of {where_labels}; score a classifier trained on these classes")
     if not names:
-        raise UserError(f"no class of the probabilities {probs.class_names} is among the labels' classes "
-                        f"{labels.class_names}")
+        raise UserError(f"no class {probs.class_names} of {where_probs} is among the classes {labels.class_names} "
+                        f"of {where_labels}")
     skipped = [n for n in probs.class_names if n not in names]
     if skipped:
         notes.append(f"class(es) without labels, not scored: {', '.join(skipped)}")
@@ -146,7 +151,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"report {out / 'metrics.json'}")
         return 0
     labels = read_label_source(args.labels)
-    names, truth, probs, notes = aligned(labels, read_probabilities(args.probs))
+    names, truth, probs, notes = aligned(labels, read_probabilities(args.probs),
+                                         (f"labels {args.labels}", f"probabilities {args.probs}"))
     for note in notes:
         print(f"evaluate-classifier: {note}", file=sys.stderr)
     if labels.task == "multiclass":

@@ -22,6 +22,7 @@ import pandas as pd
 
 from cxrdet.classes import CLASS_NAMES, NO_FINDING, NUM_FINDINGS
 from cxrdet.errors import UserError
+from cxrdet.formats.csvrows import csv_records
 from cxrdet.formats.labels import LABEL_COLUMNS, read_labels
 from cxrdet.formats.nih import looks_like_nih, read_nih_labels
 from cxrdet.preprocess.image_files import list_image_files
@@ -61,10 +62,7 @@ def read_label_source(path: str | os.PathLike) -> LabelSet:
     if not path.is_file():
         raise UserError(f"labels {path} does not exist; expected a VinBigData train.csv, an NIH-style CSV "
                         "(Image Index, Finding Labels) or a folder with one sub-folder per class")
-    try:
-        columns = list(pd.read_csv(path, nrows=0).columns)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable CSV ({e}); expected a VinBigData or NIH-style label CSV") from None
+    columns = _header(path)
     if all(c in columns for c in LABEL_COLUMNS):
         return vinbigdata_labels(path)
     if looks_like_nih(columns):
@@ -73,6 +71,14 @@ def read_label_source(path: str | os.PathLike) -> LabelSet:
     raise UserError(f"{path}:1: header {','.join(columns)} is neither a VinBigData train.csv "
                     f"({','.join(LABEL_COLUMNS)}) nor an NIH-style CSV (Image Index, Finding Labels); "
                     "for a folder per class, pass the folder itself")
+
+
+def _header(path: Path) -> list[str]:
+    """The first non-blank record of a CSV (blank lines before it are skipped, as pandas does)."""
+    for _, row in csv_records(path):  # a quote left open or bad bytes: UserError naming the line
+        if any(cell.strip() for cell in row):
+            return [cell.strip() for cell in row]
+    raise UserError(f"{path}: the file is empty; expected a VinBigData train.csv or an NIH-style CSV header")
 
 
 def vinbigdata_labels(path: str | os.PathLike) -> LabelSet:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxrdet.errors import UserError
+from cxrdet.training.config_fields import field_types, typed_values
 from cxrdet.training.loggers import DEFAULT_LOGGERS, parse_loggers
 from cxrdet.formats import atomic
 from cxrdet.fusion import FUSION_METHODS
@@ -105,13 +105,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "DetectorConfig":
-        if not isinstance(values, dict):
-            raise UserError(f"{source}: expected a JSON object of detector settings, found {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown detector config keys {unknown}; expected a subset of {sorted(known)}")
-        cfg = cls(**{k: _typed(k, v, FIELD_TYPES[k], source) for k, v in values.items()})
+        cfg = cls(**typed_values(values, FIELD_TYPES, source, "detector"))
         cfg.check(source)
         return cfg
 
@@ -158,34 +152,4 @@ class DetectorConfig:
         return cls.from_dict(values, source=str(path))
 
 
-FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(DetectorConfig)}
-
-
-def _typed(name: str, value: Any, kind: str, source: str) -> Any:
-    """``value`` as the field's type (an int where a float is expected becomes a float); a
-    UserError naming the field otherwise, so a hand-edited config fails here, not mid-training."""
-    def number(x: Any, integer: bool) -> bool:
-        ok = isinstance(x, int) if integer else isinstance(x, (int, float))
-        return ok and not isinstance(x, bool) and math.isfinite(x)
-
-    if kind == "str":
-        ok = isinstance(value, str)
-    elif kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind in ("int", "float"):
-        ok = number(value, kind == "int")
-        value = float(value) if ok and kind == "float" else value
-    elif kind == "list[str]":
-        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
-    else:  # list[int] / list[float]
-        integer = kind == "list[int]"
-        ok = isinstance(value, list) and all(number(x, integer) for x in value)
-        value = [x if integer else float(x) for x in value] if ok else value
-    if not ok:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise UserError(f"{source}: {name} must be {_KIND_WORDS.get(kind, kind)}, found {shown}")
-    return value
-
-
-_KIND_WORDS = {"str": "a string", "bool": "true or false", "int": "a finite integer", "float": "a finite number",
-               "list[int]": "a list of integers", "list[str]": "a list of strings", "list[float]": "a list of finite numbers"}
+FIELD_TYPES = field_types(DetectorConfig)

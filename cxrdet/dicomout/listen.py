@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -113,24 +114,40 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be >= 1 and --batch-wait >= 0, got {args.batch_size}, {args.batch_wait}")
 
 
+# A SOP Instance UID becomes the inbox file name: DICOM's characters (PS3.5 9.1) and length, so
+# no name is too long for the file system or hidden (a dotfile is not in the restart queue).
+# Leading zeros in a component, which some modalities send, are let through.
+_UID_CHARS = re.compile(r"[0-9][0-9.]{0,63}")
+
+
 class StoreHandler:
-    """EVT_C_STORE: write the file to the inbox, then queue it, then answer."""
+    """EVT_C_STORE: write the file to the inbox, then queue it, then answer.
+
+    Answers a DICOM status for any request and never raises: an exception out of a handler
+    would make pynetdicom answer 0xC211 with no reason in the node's log.
+    """
 
     def __init__(self, inbox: Path, submit, log) -> None:
         self.inbox, self.submit, self.log = inbox, submit, log
 
     def __call__(self, event) -> int:
         req = event.request
-        if UID(req.AffectedSOPClassUID) not in STORAGE_CLASSES:
+        sop_class, uid = req.AffectedSOPClassUID, req.AffectedSOPInstanceUID
+        if not isinstance(sop_class, str) or UID(sop_class) not in STORAGE_CLASSES:
             return SOP_CLASS_NOT_SUPPORTED
-        uid = str(req.AffectedSOPInstanceUID).strip()
-        try:
-            path = safe_child(self.inbox, uid, ".dcm")
-        except UserError as e:
-            self.log(f"refused an image: {e}")
+        uid = uid.strip() if isinstance(uid, str) else ""
+        if not _UID_CHARS.fullmatch(uid):
+            self.log(f"refused an image: SOP Instance UID {uid[:80]!r} is not a DICOM UID (digits and dots, "
+                     "at most 64 characters)")
             return CANNOT_UNDERSTAND
         try:
-            atomic.write_bytes(path, event.encoded_dataset(include_meta=True))
+            path = safe_child(self.inbox, uid, ".dcm")
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as e:  # the file meta cannot be encoded from the request: nothing to store
+            self.log(f"refused image {uid}: {failure_reason(e)}")
+            return CANNOT_UNDERSTAND
+        try:
+            atomic.write_bytes(path, data)
         except Exception as e:  # disk full, permissions: the sender keeps the image and may retry
             self.log(f"could not store {uid}: {failure_reason(e)}")
             return OUT_OF_RESOURCES

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import highdicom as hd
@@ -49,7 +50,11 @@ REQUIRED = (
     ("StudyInstanceUID", "(0020,000D)"),
     ("SeriesInstanceUID", "(0020,000E)"),
     ("PatientID", "(0010,0020)"),
+    ("Modality", "(0008,0060)"),
 )
+# modalities of non-images, which highdicom refuses as the source of a region
+NOT_IMAGE_MODALITIES = ("SEG", "SR", "DOC", "KO", "PR", "PLAN", "RWV", "REG", "FID", "RTDOSE", "RTPLAN", "RTRECORD",
+                        "RTSTRUCT")
 
 
 @dataclass
@@ -92,6 +97,66 @@ def check_source(source: Dataset) -> None:
                                "image, series, study and patient, so no SR was written for it")
     if "Rows" not in source or "Columns" not in source:
         raise InputFailure("the source image has no Rows/Columns; the SR's regions need its size")
+    if str(source.Modality).strip() in NOT_IMAGE_MODALITIES:
+        raise InputFailure(f"the source has Modality {str(source.Modality)!r} (0008,0060), which is no image; "
+                           "no SR was written for it")
+    if not _referencable_image_class(source.SOPClassUID):
+        raise InputFailure(f"the source image's SOPClassUID (0008,0016) {str(source.SOPClassUID)[:70]!r} is not a "
+                           "DICOM image storage class, so a DICOM SR cannot reference it; no SR was written for it")
+
+
+def _referencable_image_class(sop_class_uid) -> bool:
+    """Whether highdicom can reference an image of this SOP class: it looks the class up in its
+    table of the standard's IODs (a KeyError otherwise) and wants one with pixel data."""
+    try:
+        from highdicom._standard_utils import does_iod_have_pixel_data, get_sop_class_iod_map
+    except ImportError:  # another highdicom layout: highdicom itself will say what is wrong
+        return True
+    uid = str(sop_class_uid)
+    return uid in get_sop_class_iod_map() and does_iod_have_pixel_data(uid)
+
+
+# highdicom describes a referenced image by its Modality: these get TID 1603 projection
+# descriptors (PatientOrientation, ImagerPixelSpacing), those TID 1604 cross-sectional ones
+PROJECTION_MODALITIES = ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
+CROSS_SECTIONAL_MODALITIES = ("CT", "MR", "PT")
+NO_DESCRIPTORS_MODALITY = "OT"  # a modality highdicom adds no modality-specific descriptors for
+
+
+def _library_entry(source: Dataset) -> Dataset:
+    """The source as the SR's image library lists it: itself when its header holds the values
+    highdicom's descriptors read (two orientation strings, two positive pixel spacings), else a
+    copy whose Modality asks for none. Those descriptors are optional content; many CR/DX files
+    lack PatientOrientation or ImagerPixelSpacing, and they still get an SR."""
+    modality = source.get("Modality")
+    if isinstance(modality, str) and modality not in PROJECTION_MODALITIES + CROSS_SECTIONAL_MODALITIES:
+        return source
+    if modality in PROJECTION_MODALITIES and _pair(source.get("PatientOrientation"), _text) \
+            and _pair(source.get("ImagerPixelSpacing"), _spacing):
+        return source
+    copy = _copy(source)
+    copy.Modality = NO_DESCRIPTORS_MODALITY
+    return copy
+
+
+def _copy(source: Dataset) -> Dataset:
+    """A copy to edit: ``Dataset(ds)`` and ``ds.copy()`` share their elements with ``ds``, so an edit
+    would change the caller's header (serve keeps it for later SR requests). A header without
+    pixels is small."""
+    return deepcopy(source)
+
+
+def _pair(value, ok) -> bool:
+    return not isinstance(value, (str, bytes)) and hasattr(value, "__len__") and len(value) == 2 \
+        and all(ok(v) for v in value)
+
+
+def _text(v) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _spacing(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def build_sr(source: Dataset, dets: Detections, result: ImageResult | Mapping | None = None, *,
@@ -113,7 +178,7 @@ def build_sr(source: Dataset, dets: Detections, result: ImageResult | Mapping | 
         observation_context=_observation_context(),
         procedure_reported=codes.PROCEDURE,
         imaging_measurements=groups,
-        referenced_images=[source],
+        referenced_images=[_library_entry(source)],
     )
     return hd.sr.ComprehensiveSR(
         evidence=[source],
@@ -144,11 +209,11 @@ TYPE2 = ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "St
 
 
 def _with_type2(source: Dataset) -> Dataset:
-    """``source`` itself, or a shallow copy with the missing Type 2 attributes present and empty."""
+    """``source`` itself, or a copy with the missing Type 2 attributes present and empty."""
     missing = [k for k in TYPE2 if k not in source]
     if not missing:
         return source
-    copy = Dataset(source)
+    copy = _copy(source)
     for keyword in missing:
         setattr(copy, keyword, "")
     return copy

@@ -69,3 +69,29 @@ def csv_records(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
                 f"{path}:{start}: a quote (\") opened on this line is not closed before the line ends "
                 f"(the quoted field runs on to line {end}); remove the stray quote or close it")
         yield start, row
+
+
+def unclosed_quote_line(text: str) -> int | None:
+    """The line of a quote that nothing closes (its field runs to the end of ``text``), or None.
+
+    For readers that let pandas parse (its "EOF inside string starting at row N" counts rows,
+    not lines). Only the last record can hold such a quote; it is parsed again strictly, which
+    tells an unclosed quote from a closed field that spans lines (legal in a label CSV).
+    """
+    if csv.field_size_limit() < FIELD_SIZE_LIMIT:
+        csv.field_size_limit(FIELD_SIZE_LIMIT)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start = end = 0
+    try:
+        for _ in reader:
+            start, end = end + 1, reader.line_num
+    except csv.Error:
+        return None
+    if not start:
+        return None
+    lines = io.StringIO(text, newline="").readlines()  # the same line breaks the csv module counts
+    try:
+        list(csv.reader(io.StringIO("".join(lines[start - 1:]), newline=""), strict=True))
+    except csv.Error as e:
+        return start if "unexpected end of data" in str(e) else None
+    return None

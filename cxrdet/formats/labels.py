@@ -18,27 +18,36 @@ import pandas as pd
 from cxrdet.classes import CLASS_NAMES, NO_FINDING, NORMAL_BOX, NUM_CLASSES
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
-from cxrdet.formats.csvrows import FIELD_SIZE_LIMIT
+from cxrdet.formats.csvrows import FIELD_SIZE_LIMIT, read_text, unclosed_quote_line
 
 LABEL_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 COORD_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 MAX_REPORTED = 20  # bad rows shown in one error message; the total count is always given
 
 
-def _read_csv_as_text(path: Path) -> pd.DataFrame:
-    """Every cell as a string ('' when empty), so validation sees exactly what the file holds."""
+def read_csv_cells(path: os.PathLike | str, skipinitialspace: bool = False) -> pd.DataFrame:
+    """Every cell as a string ('' when empty), so validation sees exactly what the file holds.
+
+    pandas parses (fast on a 67,000-row train.csv); what it refuses for a reason a line shows
+    (undecodable bytes, a quote never closed) is said naming that line.
+    """
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found; pass the path of an existing CSV file")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=skipinitialspace)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty; expected a header line and rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        line = unclosed_quote_line(read_text(path))  # read_text: a UserError naming the line of a bad byte
+        if line is not None:
+            raise UserError(f"{path}:{line}: a quote (\") opened on this line is never closed (the field runs to "
+                            "the end of the file); remove the stray quote or close it") from None
         raise UserError(f"{path}: not a readable CSV file ({e}); fix the file's format") from None
 
 
 def physical_lines(path: Path, n_rows: int) -> np.ndarray:
-    """The file line on which each data row of :func:`_read_csv_as_text` starts (header is row 0).
+    """The file line on which each data row of :func:`read_csv_cells` starts (header is row 0).
 
     pandas skips blank and whitespace-only lines and a quoted field may span lines, so
     ``row + 2`` is wrong as soon as either occurs; the csv module's ``line_num`` (the line a
@@ -137,7 +146,7 @@ def read_labels(path: os.PathLike | str, image_sizes: dict[str, tuple[int, int]]
     class 14), ``image_id``/``class_name``/``rad_id`` strings. Row order is the file's.
     """
     path = Path(path)
-    df = _read_csv_as_text(path)
+    df = read_csv_cells(path, skipinitialspace=True)
     _check_columns(path, df)
     if len(df) == 0:
         raise UserError(f"{path}: the file has a header but no rows; expected one row per box per reader")
@@ -163,7 +172,7 @@ def read_labels(path: os.PathLike | str, image_sizes: dict[str, tuple[int, int]]
 def image_sizes_from_meta(meta_csv_path: os.PathLike | str) -> dict[str, tuple[int, int]]:
     """image_id -> ``(rows, columns)`` from a META.csv written by ``cxrdet prepare``."""
     path = Path(meta_csv_path)
-    df = _read_csv_as_text(path)
+    df = read_csv_cells(path, skipinitialspace=True)
     missing = [c for c in ("image_id", "rows", "columns") if c not in df.columns]
     if missing:
         raise UserError(f"{path}:1: missing column(s) {missing}; expected a META.csv from `cxrdet prepare`")

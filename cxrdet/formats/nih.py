@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdet.errors import UserError
-from cxrdet.formats.labels import bad_rows_error, physical_lines
+from cxrdet.formats.labels import bad_rows_error, physical_lines, read_csv_cells
 
 IMAGE_COLUMN = "Image Index"
 FINDINGS_COLUMN = "Finding Labels"
@@ -51,7 +51,7 @@ def image_id_from_index(name: str) -> str:
 def _row_problem(index: str, findings: list[str]) -> str:
     if not index.strip():
         return f"empty {IMAGE_COLUMN!r}"
-    if not image_id_from_index(index) or "/" in index or "\\" in index:
+    if not image_id_from_index(index) or any(c in index for c in "/\\\r\n"):
         return f"{IMAGE_COLUMN} {index!r} is not a plain file name (expected e.g. 00000001_000.png)"
     if not findings or any(not f for f in findings):
         return f"{FINDINGS_COLUMN} {SEPARATOR.join(findings)!r} has an empty finding (expected names joined by '|')"
@@ -65,12 +65,7 @@ def read_nih_labels(path: str | os.PathLike) -> NihLabels:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found; pass an NIH-style CSV ({IMAGE_COLUMN}, {FINDINGS_COLUMN})")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: the file is empty; expected a header with {IMAGE_COLUMN!r} and {FINDINGS_COLUMN!r}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable CSV file ({e}); fix the file's format") from None
+    df = read_csv_cells(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise UserError(f"{path}:1: missing column(s) {missing}; expected an NIH ChestX-ray14 header with "

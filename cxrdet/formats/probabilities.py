@@ -8,8 +8,8 @@ atomically. Images that failed have no row (they are in the errors CSV).
 
 from __future__ import annotations
 
-import csv
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
+from cxrdet.formats.csvrows import csv_records
 
 ID_COLUMN = "image_id"
 MAX_SHOWN = 10
@@ -49,39 +50,61 @@ def write_probabilities(path: str | os.PathLike, class_names: list[str], rows: d
 def read_probabilities(path: str | os.PathLike) -> Probabilities:
     """Read and check a probability CSV (header, unique ids, numbers in [0, 1]) with line numbers."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            records = [(reader.line_num, row) for row in reader if row]
-    except FileNotFoundError:
-        raise UserError(f"probability CSV {path} does not exist; write it with `cxrdet classify --out {path}`") from None
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable CSV ({e})") from None
-    if not header or header[0] != ID_COLUMN or len(header) < 2:
-        raise UserError(f"{path}:1: expected the header image_id,<class>,... of `cxrdet classify`, found {header}")
+    if not path.is_file():
+        raise UserError(f"probability CSV {path} does not exist; write it with `cxrdet classify --out {path}`")
+    records = csv_records(path)  # UTF-8 (BOM dropped), no field limit, an unclosed quote named by line
+    header = _check_header(path, next(records, (1, None))[1])
     problems: list[str] = []
     ids, values, seen = [], [], {}
     for line, row in records:
-        if len(row) != len(header):
-            problems.append(f"{path}:{line}: {len(row)} fields, expected {len(header)}")
+        if not row:  # a blank line
             continue
-        try:
-            probs = [float(v) for v in row[1:]]
-        except ValueError:
-            problems.append(f"{path}:{line}: probabilities must be numbers, found {row[1:]}")
+        reason = _row_problem(row, len(header), seen)
+        if reason:
+            problems.append(f"{path}:{line}: {reason}")
             continue
-        if not all(0.0 <= p <= 1.0 for p in probs):
-            problems.append(f"{path}:{line}: probabilities must be in [0, 1], found {row[1:]}")
-        elif row[0] in seen:
-            problems.append(f"{path}:{line}: image_id {row[0]!r} also on line {seen[row[0]]}")
-        else:
-            seen[row[0]] = line
-            ids.append(row[0])
-            values.append(probs)
+        seen[row[0].strip()] = line
+        ids.append(row[0].strip())
+        values.append([float(v) for v in row[1:]])
     if problems:
         more = f" (and {len(problems) - MAX_SHOWN} more)" if len(problems) > MAX_SHOWN else ""
-        raise UserError(f"{len(problems)} bad row(s): " + "; ".join(problems[:MAX_SHOWN]) + more +
+        raise UserError(f"{path}: {len(problems)} bad row(s): " + "; ".join(problems[:MAX_SHOWN]) + more +
                         ". Rewrite the file with `cxrdet classify`")
     matrix = np.asarray(values, dtype=np.float64).reshape(len(ids), len(header) - 1)
-    return Probabilities(list(header[1:]), ids, matrix)
+    return Probabilities(header[1:], ids, matrix)
+
+
+def _check_header(path: Path, header: list[str] | None) -> list[str]:
+    """The header's fields (class names stripped); UserError naming line 1 otherwise."""
+    if not header or header[0].strip() != ID_COLUMN or len(header) < 2:
+        raise UserError(f"{path}:1: expected the header image_id,<class>,... of `cxrdet classify`, found {header}")
+    names = [h.strip() for h in header[1:]]
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+    if "" in names or repeated:  # scoring picks a class by name: each must be there once
+        raise UserError(f"{path}:1: class names must be non-empty and distinct, found {names}; "
+                        "rewrite the file with `cxrdet classify`")
+    return [ID_COLUMN, *names]
+
+
+def _row_problem(row: list[str], width: int, seen: dict[str, int]) -> str:
+    """Why a data row is bad, or ''."""
+    if len(row) != width:
+        return f"{len(row)} fields, expected {width}"
+    image_id = row[0].strip()
+    if not image_id:
+        return "empty image_id"
+    try:
+        probs = [float(v) for v in row[1:]]
+    except ValueError:
+        return f"probabilities must be numbers, found {_shown(row[1:])}"
+    if not all(0.0 <= p <= 1.0 for p in probs):  # NaN fails both comparisons
+        return f"probabilities must be in [0, 1], found {_shown(row[1:])}"
+    if image_id in seen:
+        return f"image_id {image_id!r} also on line {seen[image_id]}"
+    return ""
+
+
+def _shown(cells: list[str], limit: int = 200) -> str:
+    """The cells as the message shows them: a huge field is cut, not copied into the message."""
+    text = repr(cells)
+    return text if len(text) <= limit else text[:limit] + "..."

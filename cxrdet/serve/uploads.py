@@ -135,7 +135,7 @@ def check_declared_dicom_size(path: Path, max_pixels: int) -> None:
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # pydicom converts values lazily: a malformed tag raises here, with several types
         raise BadDicomError(f"malformed image size tags ({type(e).__name__}: {e})") from None
     declared = rows * cols * max(frames, 1) * max(samples, 1)
     if declared > max_pixels:
