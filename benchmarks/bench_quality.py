@@ -149,7 +149,8 @@ def classifier_seed(run: Runner, plan: DemoPlan, seed: int, workers: str, gate_f
     run(f"seed {seed}: train classifier", "train-classifier", [
         "--out", str(s / "classifier"), "--cache", str(d / "cache" / "train.h5"), "--labels", str(d / "synth" / "train.csv"),
         "--folds", str(d / "folds.csv"), "--fold", "0", "--arch", plan.clf_arch, "--size", str(plan.clf_size),
-        "--epochs", str(plan.clf_epochs), "--batch-size", str(plan.clf_batch_size), "--workers", workers,
+        "--epochs", str(plan.clf_epochs), "--batch-size", str(plan.clf_batch_size), "--lr", str(plan.clf_lr),
+        "--warmup-steps", str(plan.clf_warmup_steps), "--workers", workers,
         "--device", "cpu", "--seed", str(seed)])
     clf = str(s / "classifier" / "export")
     run(f"seed {seed}: out-of-fold classifier probabilities", "classify", [
@@ -286,8 +287,9 @@ def gains(per_seed: dict[int, dict]) -> dict:
 def print_gains(g: dict) -> None:
     print("\npaired over seeds (mAP@0.4 difference, tta none; a gain is real when |mean| is well above std / sqrt(seeds))")
     for name, e in g.items():
-        per = "  ".join(f"{v:+.3f}" if not name.startswith("AUROC") else f"{v:.3f}" for v in e["per_seed"])
-        print(f"  {name:<44} mean {e['mean']:+.4f}  std {e['std']:.4f}  per seed {per}")
+        sign = "" if name.startswith("AUROC") else "+"  # AUROCs are levels, the others differences
+        per = "  ".join(f"{v:{sign}.3f}" for v in e["per_seed"])
+        print(f"  {name:<44} mean {e['mean']:{sign}.4f}  std {e['std']:.4f}  per seed {per}")
 
 
 def plot(rows: list[dict], path: Path) -> None:
