@@ -1,5 +1,5 @@
 """``cxrdet serve`` under load, on 127.0.0.1, bounded in time and count: several concurrent httpx
-clients mixing good and bad uploads for ~20 s -> no good request fails, bad ones get their 4xx,
+clients mixing good and bad uploads for ~30 s -> no good request fails, bad ones get their 4xx,
 latency p50/p95 printed, resident memory stable; a burst beyond the queue gets 503 +
 Retry-After while the admitted requests are answered. Also the command's flag handling."""
 
@@ -20,7 +20,7 @@ from dicom_fixtures import phantom
 from serve_fixtures import make_artifact, make_gate, rss_kib, start_server, stop_server, write_dicoms
 
 pytestmark = pytest.mark.slow
-DURATION_S, MAX_REQUESTS, CLIENTS = 20.0, 240, 4
+DURATION_S, MAX_REQUESTS, CLIENTS = 30.0, 360, 4  # the issue asks for about 30 s
 
 
 def _uploads(tmp_path) -> list[tuple[str, bytes, int]]:
