@@ -64,6 +64,21 @@ def _flag(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
 
 
+def fake_metrics(out) -> None:
+    """The metrics files the demo reads back, as its evaluate steps would write them."""
+    import json
+
+    for sub in ("eval", "eval_clf", "eval_clf_rescored", "baseline"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub / "metrics.json").write_text(json.dumps({"map": 0.5, "map_no14": 0.4, "n_images": 3,
+                                                            "image_auc": {"abnormal": 0.9}}))
+    (out / "eval_classifier").mkdir(parents=True, exist_ok=True)
+    (out / "eval_classifier" / "metrics.json").write_text(json.dumps({
+        "macro_auroc": 0.7, "per_class": {"abnormal": {"auroc": 0.8}},
+        "cam": {"pointing_game": {"overall": {"pairs": 4, "hit_rate": 0.5, "chance": 0.1}},
+                "heatmap_box_map": {"map_no14": 0.05}}}))
+
+
 def _recorded_argvs(out, plan) -> dict[str, list[str]]:
     """The argv of every step ``run_pipeline`` runs for ``plan`` (nothing is executed)."""
     import json
@@ -75,9 +90,7 @@ def _recorded_argvs(out, plan) -> dict[str, list[str]]:
     def record(step, command, argv, ok=(0,)):
         steps[step] = [str(a) for a in argv]
 
-    for sub in ("eval", "baseline"):
-        (out / sub).mkdir(parents=True)
-        (out / sub / "metrics.json").write_text(json.dumps({"map": 0.5, "map_no14": 0.4, "n_images": 3}))
+    fake_metrics(out)
     record.out = out
     args = demo.get_args_parser().parse_args(["--out", str(out), "--device", "cpu"])
     saved = demo.fold_labels, demo.write_all_normal
@@ -117,9 +130,7 @@ def test_demo_steps_speak_the_current_flags(tmp_path, monkeypatch):
     def record(step, command, argv, ok=(0,)):
         parsed[step] = importlib.import_module(COMMANDS[command][0]).get_args_parser().parse_args(argv)  # exit 2 on a bad flag
 
-    for sub in ("eval", "baseline"):
-        (tmp_path / sub).mkdir()
-        (tmp_path / sub / "metrics.json").write_text(json.dumps({"map": 0.5, "map_no14": 0.4, "n_images": 3}))
+    fake_metrics(tmp_path)
     monkeypatch.setattr(demo, "fold_labels", lambda *a: a[-1])
     monkeypatch.setattr(demo, "write_all_normal", lambda *a: a[-1])
     record.out = tmp_path
@@ -132,6 +143,17 @@ def test_demo_steps_speak_the_current_flags(tmp_path, monkeypatch):
     test_run = parsed["infer on the held-out test set"]
     assert (test_run.device, test_run.vis_conf, test_run.conf) == ("cpu", 0.15, None)  # submission keeps every box
     assert parsed["train gate + tune thresholds"].seed == 0
+    # the classifier's steps: out-of-fold probabilities feed the second gate, the stacked runs use them
+    clf = parsed["train classifier"]
+    assert (clf.arch, clf.fold, clf.size) == ("resnet18", 0, 128)
+    assert parsed["out-of-fold classifier probabilities (fold 0)"].fold == 0
+    stacked_gate = parsed["train gate with classifier evidence"]
+    assert stacked_gate.classifier_probs.endswith("oof_probs_fold0.csv") and stacked_gate.out.endswith("gate_clf")
+    plain, rescored = parsed["infer with the stacked gate"], parsed["infer with the stacked gate + rescoring"]
+    assert plain.classifier == rescored.classifier and (plain.rescore, rescored.rescore) == ("none", "classifier")
+    assert plain.tta == test_run.tta == "hflip" and plain.gate.endswith("gate_clf")
+    cams = parsed["Grad-CAM heatmaps of the test set"]
+    assert cams.cam_raw and cams.cam_classes == "top3"
 
 
 def test_the_demo_trainer_runs_the_planned_steps(tmp_path):
