@@ -155,3 +155,44 @@ def _classifier_config() -> Target:
 
 TARGET_FACTORIES = {"nih_labels": _nih, "label_folder": _label_folder, "probabilities": _probabilities,
                     "classifier_config": _classifier_config}
+
+
+# ------------------------------------------------------------------------------ heatmaps HDF5 (classify --cam-raw)
+def _heatmap_seed() -> bytes:
+    import tempfile
+
+    from cxrdet.formats.heatmaps import HeatmapRecord, HeatmapWriter
+
+    folder = Path(tempfile.mkdtemp(prefix="cxrdet-fuzz-seed-"))
+    w = HeatmapWriter(folder / "heatmaps.h5", ["Cardiomegaly", "abnormal"], "GradCAM", [{"artifact": "x"}])
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        w.add(HeatmapRecord(f"img{k}", (40, 30), [0, 1], [0.7, 0.2], rng.uniform(0, 1, (2, 8, 6))))
+    data = w.close().read_bytes()
+    shutil.rmtree(folder, ignore_errors=True)
+    return data
+
+
+def _read_all_heatmaps(path: Path):
+    from cxrdet.formats.heatmaps import read_heatmaps
+
+    names, records = read_heatmaps(path)
+    return names, list(records)
+
+
+def check_heatmaps(result) -> None:
+    names, records = result
+    assert names and all(isinstance(n, str) for n in names)
+    for r in records:
+        assert r.heatmaps.ndim == 3 and r.heatmaps.shape[0] == len(r.class_ids) == len(r.probability), r
+        assert all(0 <= c < len(names) for c in r.class_ids) and np.isfinite(r.heatmaps).all()
+        assert r.orig_hw[0] > 0 and r.orig_hw[1] > 0
+
+
+def _heatmaps() -> Target:
+    seed = _heatmap_seed()
+    return Target("heatmaps", "heatmaps.h5", lambda: mutants([seed], text=False), _read_all_heatmaps,
+                  check_heatmaps, valid=lambda: [seed])
+
+
+TARGET_FACTORIES["heatmaps"] = _heatmaps

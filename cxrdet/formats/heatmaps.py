@@ -34,6 +34,9 @@ from cxrdet.errors import UserError
 FORMAT = "cxrdet-heatmaps"
 VERSION = 1
 MAPPING = "x_orig = x * columns / w, y_orig = y * rows / h (continuous pixel coordinates)"
+# what h5py and numpy raise on a damaged or foreign file: corrupt chunks (OSError), bad
+# metadata (RuntimeError), missing or odd-typed members (KeyError, TypeError, ValueError)
+H5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError)
 
 
 @dataclass
@@ -90,16 +93,16 @@ def _record(path: Path, name: str, g: h5py.Group, n_classes: int) -> HeatmapReco
         prob = [float(p) for p in np.atleast_1d(g.attrs["probability"])]
         rows, cols = (int(v) for v in np.asarray(g.attrs["orig_hw"]).reshape(2))
         image_id = str(g.attrs["image_id"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"{where} is incomplete ({e}); expected heatmaps, image_id, orig_hw, class_ids, "
-                        "probability as `cxrdet classify --cam-raw` writes") from None
+    except H5_ERRORS as e:
+        raise UserError(f"{where} is damaged or incomplete ({type(e).__name__}: {e}); expected heatmaps, image_id, "
+                        "orig_hw, class_ids, probability as `cxrdet classify --cam-raw` writes") from None
     if maps.ndim != 3 or len(ids) != maps.shape[0] or len(prob) != len(ids):
         raise UserError(f"{where}: {maps.shape} heatmaps for {len(ids)} class ids and {len(prob)} probabilities; "
                         "expected one [h, w] heatmap per class id")
     if any(not 0 <= c < n_classes for c in ids) or rows <= 0 or cols <= 0:
         raise UserError(f"{where}: class ids {ids} outside 0..{n_classes - 1} or original size {rows}x{cols}")
-    if not np.isfinite(maps).all():
-        raise UserError(f"{where}: heatmaps hold NaN or infinity")
+    if not np.isfinite(maps).all() or not all(0.0 <= q <= 1.0 for q in prob):
+        raise UserError(f"{where}: heatmaps hold NaN or infinity, or probabilities {prob} are not in [0, 1]")
     return HeatmapRecord(image_id, (rows, cols), ids, prob, maps)
 
 
@@ -110,22 +113,30 @@ def read_heatmaps(path: str | os.PathLike) -> tuple[list[str], Iterator[HeatmapR
         raise UserError(f"heatmap file {path} does not exist; write it with `cxrdet classify --cam-dir DIR --cam-raw`")
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
+    except H5_ERRORS as e:
         raise UserError(f"{path} is not an HDF5 file ({e}); expected the heatmaps.h5 of `classify --cam-raw`") from None
-    if f.attrs.get("format") != FORMAT or "images" not in f:
-        f.close()
-        raise UserError(f"{path} is not a cxrdet heatmap file (format {f.attrs.get('format')!r}, expected {FORMAT!r})")
     try:
-        names = json.loads(f.attrs["class_names"])
-        assert isinstance(names, list) and all(isinstance(n, str) for n in names)
-    except (KeyError, ValueError, AssertionError):
+        fmt = f.attrs.get("format")
+        names = json.loads(f.attrs["class_names"]) if fmt == FORMAT and "images" in f else None
+    except H5_ERRORS:
+        fmt, names = "unreadable", None
+    if not (isinstance(fmt, str) and fmt == FORMAT) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         f.close()
-        raise UserError(f"{path}: class_names is not a JSON list of strings") from None
+        raise UserError(f"{path} is not a cxrdet heatmap file (format {fmt!r}, class_names {type(names).__name__}; "
+                        f"expected format {FORMAT!r} with a JSON list of class names)")
 
     def records() -> Iterator[HeatmapRecord]:
         with f:
-            group = f["images"]
-            for name in sorted(group, key=lambda k: (len(k), k)):
-                yield _record(path, name, group[name], len(names))
+            try:
+                group = f["images"]
+                members = sorted(group, key=lambda k: (len(k), k))
+            except H5_ERRORS as e:
+                raise UserError(f"{path}: its image groups cannot be listed ({type(e).__name__}: {e})") from None
+            for name in members:
+                try:
+                    member = group[name]
+                except H5_ERRORS as e:
+                    raise UserError(f"{path}: image group {name} cannot be opened ({type(e).__name__}: {e})") from None
+                yield _record(path, name, member, len(names))
 
     return names, records()
