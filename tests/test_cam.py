@@ -145,3 +145,18 @@ def test_cam_flags_are_checked_before_any_work(localised, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--cam-raw needs --cam-dir" in err and "'Pneumonia' is neither" in err and "Traceback" not in err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_heatmap_file_that_makes_libhdf5_loop_is_refused(tmp_path, monkeypatch):
+    """Found by fuzzing (benchmarks/fuzz_readers.py, seed 0, example 1513): libhdf5 reads one attribute
+    of this damaged file forever. The child-process walk times out and the file is refused."""
+    import time
+
+    import cxrdet.formats.heatmaps as heatmaps
+
+    monkeypatch.setattr(heatmaps, "PROBE_SECONDS", 3.0)
+    damaged = Path(__file__).parent / "data" / "heatmaps_libhdf5_loops.h5"
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="did not finish reading this file in 3 s"):
+        read_heatmaps(damaged)
+    assert time.perf_counter() - start < 30

@@ -15,12 +15,19 @@ Mapping to original pixels: with the continuous pixel convention of :mod:`cxrdet
 point ``(x, y)`` of a heatmap of size ``(h, w)`` is ``(x * columns / w, y * rows / h)`` in the
 original; :func:`cxrdet.boxes.scale_boxes` with ``src_hw=(h, w)``, ``dst_hw=orig_hw`` maps boxes.
 The file is written under a temporary name and renamed when complete.
+
+Reading a file handed to us: libhdf5 loops forever on some damaged files instead of failing
+(HDFGroup/hdf5 issue 1707; h5py does not work around it), and C code holding the GIL cannot be
+interrupted in-process. So :func:`read_heatmaps` first walks the whole file (every attribute and
+dataset it will read) in a child process with a time limit; a file that hangs there is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +44,23 @@ MAPPING = "x_orig = x * columns / w, y_orig = y * rows / h (continuous pixel coo
 # what h5py and numpy raise on a damaged or foreign file: corrupt chunks (OSError), bad
 # metadata (RuntimeError), missing or odd-typed members (KeyError, TypeError, ValueError)
 H5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError)
+PROBE_SECONDS = 60.0  # a healthy file of 10,000 images is walked in a few seconds
+# reads what read_heatmaps reads; errors are fine (the reader reports them), only a hang is refused
+_PROBE = """
+import sys, h5py
+def walk(name, obj):
+    for key in obj.attrs:
+        obj.attrs[key]
+    if isinstance(obj, h5py.Dataset):
+        obj[()]
+try:
+    with h5py.File(sys.argv[1], "r") as f:
+        for key in f.attrs:
+            f.attrs[key]
+        f.visititems(walk)
+except Exception:
+    pass
+"""
 
 
 @dataclass
@@ -106,11 +130,22 @@ def _record(path: Path, name: str, g: h5py.Group, n_classes: int) -> HeatmapReco
     return HeatmapRecord(image_id, (rows, cols), ids, prob, maps)
 
 
+def probe(path: Path, seconds: float | None = None) -> None:
+    """Refuse a file that libhdf5 cannot walk within ``seconds`` (default :data:`PROBE_SECONDS`)."""
+    seconds = PROBE_SECONDS if seconds is None else seconds
+    try:
+        subprocess.run([sys.executable, "-c", _PROBE, str(path)], timeout=seconds, capture_output=True, check=False)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{path}: libhdf5 did not finish reading this file in {seconds:g} s (it loops on some damaged "
+                        "HDF5 files); the file is damaged: write it again with `cxrdet classify --cam-dir DIR --cam-raw`") from None
+
+
 def read_heatmaps(path: str | os.PathLike) -> tuple[list[str], Iterator[HeatmapRecord]]:
     """``(class_names, records)`` of a heatmap file, checked group by group as it is read."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"heatmap file {path} does not exist; write it with `cxrdet classify --cam-dir DIR --cam-raw`")
+    probe(path)
     try:
         f = h5py.File(path, "r")
     except H5_ERRORS as e:
