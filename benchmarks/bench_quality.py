@@ -163,7 +163,8 @@ def classifier_seed(run: Runner, plan: DemoPlan, seed: int, workers: str, gate_f
     run(f"seed {seed}: infer test through the stacked gate", "infer", [
         "--model", str(s / "detector" / "export"), "--workers", workers, "--device", "cpu", "--dicom-dir",
         str(d / "synth" / "test"), "--gate", str(s / "gate_clf"), "--classifier", clf, "--low", "0", "--high", "1.01",
-        "--tta", "none", "--image-level-out", str(s / "test_clf_image_level.csv"), "--out", str(s / "test_clf.csv")])
+        "--tta", "none", "--rescore", "none", "--image-level-out", str(s / "test_clf_image_level.csv"),
+        "--out", str(s / "test_clf.csv")])
 
 
 def findings_and_p(sub: Path, image_level: Path) -> tuple[dict[str, Detections], dict[str, float]]:

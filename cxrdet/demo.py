@@ -180,7 +180,7 @@ def run_pipeline(args: argparse.Namespace, plan: DemoPlan, run: Runner) -> dict:
         "--image-level-out", str(d / "image_level.csv"), "--out", str(d / "submission.csv")])
     stacked = [*test, "--gate", str(d / "gate_clf"), "--classifier", str(d / "classifier" / "export")]
     run("infer with the stacked gate", "infer", [
-        *stacked, "--image-level-out", str(d / "image_level_clf.csv"), "--out", str(d / "submission_clf.csv")])
+        *stacked, "--rescore", "none", "--image-level-out", str(d / "image_level_clf.csv"), "--out", str(d / "submission_clf.csv")])
     run("infer with the stacked gate + rescoring", "infer", [
         *stacked, "--rescore", "classifier", "--image-level-out", str(d / "image_level_clf_rescored.csv"),
         "--out", str(d / "submission_clf_rescored.csv")])

@@ -37,6 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "trained with classifier evidence")
     p.add_argument("--cam-classes", default=d.cam_classes, metavar="top3|all|ID,...",
                    help="heatmaps per image with --classifier, as `cxrdet classify --cam-classes` (default: %(default)s)")
+    p.add_argument("--rescore", choices=("auto", "none", "classifier"), default=d.rescore,
+                   help="as `cxrdet infer --rescore` (default auto: rescore by the classifier when one is loaded)")
     p.add_argument("--demo-dir", help="serve the artifacts of a `cxrdet demo` run (its detector/export and gate/, "
                    "with the TTA and overlay score its infer used, from DIR/commands.txt); e.g. data/demo")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
@@ -124,6 +126,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
             raise UserError(f"{name} is a score in [0, 1], got {value}")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     return ServeConfig(models=tuple(models), gate=gate, classifiers=tuple(classifiers), cam_classes=args.cam_classes,
+                       rescore=args.rescore,
                        device=args.device, tta=tta or "none", conf=args.conf,
                        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, queue_size=args.queue_size,
                        batch_size=args.batch_size, decode_workers=args.workers, token=token,

@@ -23,6 +23,7 @@ class ServeConfig:
     gate: str | None = None  # gate folder from `cxrdet train-gate`
     classifiers: tuple[str, ...] = ()  # image-level classifier artifacts (probabilities, heatmaps)
     cam_classes: str = "top3"  # heatmaps per image, as `cxrdet classify --cam-classes`
+    rescore: str = "auto"  # as `cxrdet infer --rescore`: classifier when one is loaded
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     tta: str = "none"  # as `cxrdet infer --tta`
     conf: float | None = None  # minimum finding score in the answer, as `cxrdet infer --conf`
@@ -79,7 +80,10 @@ def load_service(config: ServeConfig, device) -> Service:
     models, cache_settings, records = load_detectors(list(config.models), device)
     gate = load_gate(config.gate) if config.gate else None
     classifier = load_classifier(config, device, cache_settings) if config.classifiers else None
-    predictor = Predictor(models, gate, PredictSettings(tta=config.tta), classifier.columns if classifier else None)
+    from cxrdet.gate.rescore import resolve_rescore
+
+    settings = PredictSettings(tta=config.tta, rescore=resolve_rescore(config.rescore, classifier is not None))
+    predictor = Predictor(models, gate, settings, classifier.columns if classifier else None)
     detectors = []
     for d, record in zip(config.models, records):
         cfg = DetectorConfig.load(Path(d) / CONFIG_FILE)
