@@ -185,7 +185,7 @@ def test_infer_adds_classifier_columns_in_the_same_pass(run, vinbig, tmp_path):
         col = "clf_" + name.replace(" ", "_")
         assert (il[col] - probs[name].reindex(il.index)).abs().max() < 2e-6, name
     assert cli(["infer", "--model", str(tmp_path / "det"), "--classifier", str(run / "export"), *base,
-                "--rescore", "none", "--out", str(tmp_path / "x.csv")]) == 2  # nothing would use the classifier
+                "--out", str(tmp_path / "x.csv")]) == 2  # nothing would use the classifier
     assert cli(["merge-submissions", "--out", str(tmp_path / "m.csv"), str(tmp_path / "sub.csv"),
                 "--image-level", str(tmp_path / "il.csv"), "--image-level-out", str(tmp_path / "mil.csv")]) == 0
     assert (tmp_path / "mil.csv").read_text() == (tmp_path / "il.csv").read_text()
@@ -221,7 +221,7 @@ def test_gate_with_classifier_evidence_needs_the_classifier_and_rescoring_multip
     assert not (tmp_path / "refused.csv").exists()
     with_clf = [*base, "--classifier", str(run / "export"), "--image-level-out", str(tmp_path / "il.csv")]
     assert cli([*with_clf, "--rescore", "none", "--out", str(tmp_path / "plain.csv")]) == 0
-    assert cli([*with_clf, "--out", str(tmp_path / "auto.csv")]) == 0  # auto: rescored, a classifier is given
+    assert cli([*with_clf, "--rescore", "auto", "--out", str(tmp_path / "auto.csv")]) == 0  # auto: a classifier is given
     assert cli([*with_clf, "--rescore", "classifier", "--out", str(tmp_path / "rescored.csv")]) == 0
     plain, rescored = read_submission(tmp_path / "plain.csv"), read_submission(tmp_path / "rescored.csv")
     il = pd.read_csv(tmp_path / "il.csv", dtype={"image_id": str}).set_index("image_id")

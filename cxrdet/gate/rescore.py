@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 RESCORE_CHOICES = ("none", "classifier")
-# The commands' default: rescore whenever a classifier is loaded. Chosen by the rule "whichever
-# scores better on the demo's out-of-fold predictions": gated OOF mAP@0.4 0.2915 without, 0.3026
-# with (48 images, train-gate's report of 2026-12-03), a difference inside that set's noise.
+# ``auto``: rescore whenever a classifier is loaded. Not the default: on the demo's 48 OOF images
+# rescoring scored higher (gated mAP@0.4 0.2915 -> 0.3026), but over 3 training seeds on 500 test
+# images it cost 0.025 +- 0.011 (benchmarks/bench_quality.py, 2026-12-03), so the commands default to none.
 AUTO = "auto"
 
 

@@ -23,7 +23,7 @@ class ServeConfig:
     gate: str | None = None  # gate folder from `cxrdet train-gate`
     classifiers: tuple[str, ...] = ()  # image-level classifier artifacts (probabilities, heatmaps)
     cam_classes: str = "top3"  # heatmaps per image, as `cxrdet classify --cam-classes`
-    rescore: str = "auto"  # as `cxrdet infer --rescore`: classifier when one is loaded
+    rescore: str = "none"  # as `cxrdet infer --rescore` (rescoring cost mAP over seeds: docs/gate.md)
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     tta: str = "none"  # as `cxrdet infer --tta`
     conf: float | None = None  # minimum finding score in the answer, as `cxrdet infer --conf`
