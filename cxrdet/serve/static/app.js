@@ -85,30 +85,27 @@ function showResult(r) {
   draw();
 }
 
-function fillProbabilities(classes) {
-  const body = $("probs").querySelector("tbody");
+function fillTable(tableId, rows) {
+  // rows: [{name, p, data: {key: value}}] -> one "name | p" row each, data-* attributes set
+  const body = $(tableId).querySelector("tbody");
   body.replaceChildren();
-  for (const c of classes) {
+  for (const r of rows) {
     const row = body.insertRow();
-    row.dataset.classId = c.class_id;
-    row.insertCell().textContent = c.class_name;
+    Object.assign(row.dataset, r.data);
+    row.insertCell().textContent = r.name;
     const cell = row.insertCell();
     cell.className = "num";
-    cell.textContent = c.p.toFixed(3);
+    cell.textContent = r.p.toFixed(3);
   }
 }
 
+function fillProbabilities(classes) {
+  fillTable("probs", classes.map((c) => ({ name: c.class_name, p: c.p, data: { classId: c.class_id } })));
+}
+
 function fillClassifier(c) {
-  const body = $("clf-probs").querySelector("tbody");
-  body.replaceChildren();
-  for (const k of [...c.classes].sort((a, b) => b.probability - a.probability)) {
-    const row = body.insertRow();
-    row.dataset.classIndex = k.class_index;
-    row.insertCell().textContent = k.class_name;
-    const cell = row.insertCell();
-    cell.className = "num";
-    cell.textContent = k.probability.toFixed(3);
-  }
+  const sorted = [...c.classes].sort((a, b) => b.probability - a.probability);
+  fillTable("clf-probs", sorted.map((k) => ({ name: k.class_name, p: k.probability, data: { classIndex: k.class_index } })));
   const select = $("heatmap-class");
   select.replaceChildren(...c.heatmaps.map((h) => {
     const option = document.createElement("option");
