@@ -16,9 +16,12 @@ from cxrdet.formats.image_level import classifier_column
 from cxrdet.formats.probabilities import write_probabilities
 from cxrdet.formats.provenance import write_provenance
 from cxrdet.inference.predictor import GateRuntime, PredictSettings, check_classifier_inputs, load_gate
-from cxrdet.gate.rescore import FINDING_COLUMNS, rescore
+from cxrdet.gate.model import SCHEMA_FILE
+from cxrdet.gate.rescore import AUTO, FINDING_COLUMNS, compare_rescoring, rescore, resolve_rescore
+from cxrdet.gate.selection import MIN_ABNORMAL, MIN_IMAGES
 
 from test_gate_cli import FAST, N, _provenance, data, train_gate  # noqa: F401 (the module fixture)
+from test_gate_selection import case
 
 CLASSES = ["Cardiomegaly", "Nodule/Mass", "abnormal"]
 
@@ -60,6 +63,8 @@ def test_classifier_evidence_is_a_feature_group_of_the_schema_and_the_ablation(d
     assert report["n_features"]["classifier"] == 3
     rescoring = report["rescoring"]  # OOF mAP with and without rescoring, ungated and gated
     assert rescoring["n_images"] == N and rescoring["better"] in ("none", "classifier")
+    # N images are too few to tell a gain from noise: the gate records none for --rescore auto
+    assert N < MIN_IMAGES and rescoring["choice"] == "none" and "too few out-of-fold images" in rescoring["reason"]
     for key in ("ungated_none", "ungated_classifier", "gated_none", "gated_classifier"):
         assert 0 <= rescoring[key]["map"] <= 1, key
     # the fixture's abnormal images have one class-3 box; rescoring by p(Cardiomegaly) ranks them
@@ -70,7 +75,9 @@ def test_classifier_evidence_is_a_feature_group_of_the_schema_and_the_ablation(d
     schema = json.loads((out / "gate_schema.json").read_text())
     assert "classifier" in schema["training"]["feature_groups"]
     assert schema["training"]["classifier_oof_check"]["models"] == [f"/runs/c{k}/export" for k in range(4)]
+    assert schema["rescore"] == {"choice": "none", "reason": rescoring["reason"]}
     gate = load_gate(out)
+    assert gate.rescore == "none"
     assert gate.classifier_features == ("clf_Cardiomegaly", "clf_Nodule_Mass", "clf_abnormal")
     # inference: no classifier, or one predicting other classes, is refused before any image
     with pytest.raises(UserError, match="trained with classifier evidence.*--classifier RUN/export"):
@@ -109,3 +116,63 @@ def test_rescore_golden_and_probability_one_changes_nothing():
         check_classifier_inputs(None, PredictSettings(rescore="classifier"), None)
     with pytest.raises(ValueError):
         PredictSettings(rescore="bogus")
+
+
+def rescoring_case(helpful: bool):
+    """test_gate_selection's informative case: one class-0 box per image, true on abnormal images,
+    false on normal ones. helpful: the false boxes outscore the true ones (0.9 vs 0.5) and the
+    classifier knows which images hold class 0; else the detector ranks right (true 0.9, false
+    0.5) and the classifier has it backwards."""
+    gt, dets, p = case(MIN_IMAGES + 40, MIN_ABNORMAL + 30, informative=True)
+    abnormal = set(gt.loc[gt["class_id"] == 0, "image_id"])
+    if not helpful:
+        dets = {i: Detections(d.boxes, 1.4 - d.scores, d.class_ids) for i, d in dets.items()}
+    col = classifier_column(CLASS_NAMES[0])
+    hi, lo = (0.9, 0.05) if helpful else (0.05, 0.9)
+    clf = pd.DataFrame({col: [hi if i in abnormal else lo for i in dets]}, index=list(dets))
+    return gt, dets, p, clf
+
+
+@pytest.mark.parametrize("helpful", [True, False])
+def test_rescoring_is_chosen_only_when_its_out_of_fold_gain_beats_its_uncertainty(helpful):
+    gt, dets, p, clf = rescoring_case(helpful)
+    r = compare_rescoring(dets, clf, p, gt, 0.08, 0.95, n_bootstrap=200)
+    # true boxes 0.5 x 0.9 = 0.45 now outrank false ones 0.9 x 0.05: class 0's AP goes to 1
+    gain = r["gated_classifier"]["map"] - r["gated_none"]["map"]
+    assert r["gain"]["map"] == pytest.approx(gain)
+    if helpful:
+        assert gain > 0.05 and r["gain"]["ci95"][0] > 0 and r["choice"] == "classifier" == r["better"]
+        assert "excludes 0" in r["reason"]
+    else:
+        assert gain < 0 and r["better"] == "none" == r["choice"] and r["gain"]["ci95"][1] < 0
+
+
+def test_rescoring_needs_enough_images_even_when_it_scores_better():
+    gt, dets, p, clf = rescoring_case(helpful=True)
+    few = list(dets)[:MIN_ABNORMAL] + list(dets)[-60:]  # 110 images: below MIN_IMAGES
+    r = compare_rescoring({i: dets[i] for i in few}, clf, p, gt[gt["image_id"].isin(few)], 0.08, 0.95)
+    assert r["better"] == "classifier" and r["choice"] == "none" and "gain" not in r
+    assert f"at least {MIN_IMAGES}" in r["reason"]
+
+
+def test_the_gates_rescore_choice_round_trips_and_auto_follows_it(tmp_path):
+    from cxrdet.gate.model import GateClassifier
+
+    X = pd.DataFrame({"meta_x": np.arange(40.0)})
+    gate = GateClassifier(n_estimators=5, early_stopping_rounds=2, n_folds=2, n_jobs=1).fit(X, np.arange(40) % 2)
+    gate.set_rescore("classifier", "measured")
+    gate.save(tmp_path / "g")
+    runtime = load_gate(tmp_path / "g")
+    assert runtime.rescore == "classifier"
+    assert resolve_rescore(AUTO, True, runtime.rescore) == "classifier"
+    assert resolve_rescore(AUTO, False, runtime.rescore) == "none"  # no classifier loaded: nothing to rescore by
+    assert resolve_rescore(AUTO, True, "none") == "none" and resolve_rescore("classifier", True, "none") == "classifier"
+    doc = json.loads((tmp_path / "g" / SCHEMA_FILE).read_text())
+    assert doc["rescore"] == {"choice": "classifier", "reason": "measured"}
+    del doc["rescore"]  # a gate saved before the decision existed: auto keeps none
+    (tmp_path / "g" / SCHEMA_FILE).write_text(json.dumps(doc))
+    assert load_gate(tmp_path / "g").rescore == "none"
+    doc["rescore"] = {"choice": "always"}
+    (tmp_path / "g" / SCHEMA_FILE).write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=r"'rescore' must be an object whose 'choice' is one of"):
+        load_gate(tmp_path / "g")

@@ -30,6 +30,7 @@ from sklearn.model_selection import StratifiedKFold
 from cxrdet.errors import UserError
 from cxrdet.formats import atomic
 from cxrdet.gate.features import FeatureSchema
+from cxrdet.gate.rescore import RESCORE_CHOICES
 from cxrdet.gate.rules import DEFAULT_HIGH, DEFAULT_LOW
 
 MODEL_FILE = "gate.ubj"
@@ -191,6 +192,13 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
         self.low_, self.high_, self.threshold_source_ = float(low), float(high), str(source)
         return self
 
+    def set_rescore(self, choice: str, reason: str) -> "GateClassifier":
+        """What ``--rescore auto`` does with this gate: ``classifier`` or ``none``; ``reason`` says why."""
+        if choice not in RESCORE_CHOICES:
+            raise UserError(f"rescore choice must be one of {RESCORE_CHOICES}, got {choice!r}")
+        self.rescore_, self.rescore_reason_ = str(choice), str(reason)
+        return self
+
     def feature_importances(self, importance_type: str = "total_gain") -> pd.Series:
         """Importance per feature (share of the total, zeros for unused), largest first."""
         score = self.booster_.get_score(importance_type=importance_type)
@@ -220,6 +228,8 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
             "model_file": MODEL_FILE,
             "features": self.schema_.to_json(),
             "thresholds": {"low": self.low_, "high": self.high_, "source": self.threshold_source_},
+            "rescore": {"choice": getattr(self, "rescore_", "none"),
+                        "reason": getattr(self, "rescore_reason_", "not measured (no classifier evidence)")},
             "params": self.get_params(),
             "training": training,
             "versions": library_versions(),
@@ -263,7 +273,8 @@ class GateClassifier(ClassifierMixin, BaseEstimator):
             gate.set_thresholds(t["low"], t["high"], t.get("source", "saved"))
         except UserError as e:
             raise UserError(f"{model_dir / SCHEMA_FILE}: {e}. Fix: retrain the gate.") from None
-        return gate
+        r = doc.get("rescore", {"choice": "none", "reason": "saved before rescoring was measured"})
+        return gate.set_rescore(r["choice"], r.get("reason", ""))
 
 
 def library_versions() -> dict[str, str]:
@@ -328,6 +339,9 @@ def _schema_problem(doc: dict) -> str:
     for key in ("params", "training"):
         if not isinstance(doc.get(key, {}), dict):
             return f"{key!r} must be an object"
+    r = doc.get("rescore", {"choice": "none"})
+    if not (isinstance(r, dict) and r.get("choice") in RESCORE_CHOICES):
+        return f"'rescore' must be an object whose 'choice' is one of {list(RESCORE_CHOICES)}, got {r!r}"[:300]
     return ""
 
 

@@ -26,17 +26,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
 RESCORE_CHOICES = ("none", "classifier")
-# ``auto``: rescore whenever a classifier is loaded. Not the default: on the demo's 48 OOF images
-# rescoring scored higher (gated mAP@0.4 0.2915 -> 0.3026), but over 3 training seeds on 500 test
-# images it cost 0.025 +- 0.011 (benchmarks/bench_quality.py, 2026-12-03), so the commands default to none.
+# ``auto`` (the commands' default): the choice ``train-gate`` recorded in the gate from its
+# out-of-fold measurement (:func:`compare_rescoring`), when a classifier is loaded; else none.
 AUTO = "auto"
 
 
-def resolve_rescore(choice: str, has_classifier: bool) -> str:
-    """``auto`` -> ``classifier`` with a classifier, else ``none``; other choices as given."""
+def resolve_rescore(choice: str, has_classifier: bool, gate_choice: str = "none") -> str:
+    """``auto`` -> ``gate_choice`` (the gate's recorded decision) with a classifier, else ``none``;
+    other choices as given."""
     if choice == AUTO:
-        return "classifier" if has_classifier else "none"
+        return gate_choice if has_classifier and gate_choice in RESCORE_CHOICES else "none"
     return choice
+
+
 FINDING_COLUMNS = [classifier_column(CLASS_NAMES[k]) for k in range(NUM_FINDINGS)]
 
 
@@ -54,21 +56,29 @@ def rescore(det: Detections, clf_row: Mapping[str, float]) -> Detections:
 
 
 def compare_rescoring(dets: Mapping[str, Detections], clf: "pd.DataFrame", p: Mapping[str, float],
-                      labels, low: float, high: float) -> dict:
-    """Out-of-fold mAP@0.4 with and without rescoring, ungated and gated at ``low``/``high``.
+                      labels, low: float, high: float, seed: int = 0, n_bootstrap: int | None = None) -> dict:
+    """Out-of-fold mAP@0.4 with and without rescoring, ungated and gated at ``low``/``high``, and
+    the choice the gate records for ``--rescore auto``.
 
     ``dets``: OOF detections; ``clf``: OOF ``clf_*`` probabilities indexed by image_id; ``p``:
     the gate's OOF P(abnormal). Scored on the images that have all three. ``better`` is the
-    rescore choice with the higher gated mAP (ties keep ``none``).
+    variant with the higher gated mAP (ties keep ``none``); ``choice`` is ``classifier`` only
+    when that gain holds beyond its uncertainty, as for the gate's thresholds
+    (:mod:`cxrdet.gate.selection`): at least ``MIN_IMAGES`` images (``MIN_ABNORMAL`` abnormal)
+    and a paired bootstrap 95 % interval of the gated gain above zero. Otherwise ``none``: a
+    two-way choice read off a few dozen images picks noise as often as signal.
     """
     import warnings
 
+    from cxrdet.classes import NO_FINDING
     from cxrdet.detections import detections_to_frame
-    from cxrdet.gate.rules import apply_gate
+    from cxrdet.gate.rules import GatedScorer, apply_gate
+    from cxrdet.gate.selection import MIN_ABNORMAL, MIN_IMAGES, N_BOOTSTRAP, bootstrap_difference
     from cxrdet.metrics import evaluate_detections
 
     ids = [i for i in dets if i in clf.index and i in p]
     rows = clf.to_dict("index")
+    gt = labels[labels["image_id"].isin(ids)]
     variants = {"none": {i: dets[i] for i in ids}, "classifier": {i: rescore(dets[i], rows[i]) for i in ids}}
     out: dict = {"n_images": len(ids), "low": low, "high": high}
     for name, preds in variants.items():
@@ -76,9 +86,27 @@ def compare_rescoring(dets: Mapping[str, Detections], clf: "pd.DataFrame", p: Ma
             shown = {i: apply_gate(d, p[i], low, high) for i, d in preds.items()} if gated else preds
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                r = evaluate_detections(labels[labels["image_id"].isin(ids)], detections_to_frame(shown),
-                                        pred_image_ids=ids)
+                r = evaluate_detections(gt, detections_to_frame(shown), pred_image_ids=ids)
             key = f"{'gated' if gated else 'ungated'}_{name}"
             out[key] = {"map": float(r.map), "map_no14": float(r.map_no14)}
     out["better"] = "classifier" if out["gated_classifier"]["map"] > out["gated_none"]["map"] else "none"
+    n_abnormal = int(gt.loc[gt["class_id"] != NO_FINDING, "image_id"].nunique())
+    out.update(n_abnormal=n_abnormal, min_images=MIN_IMAGES, min_abnormal=MIN_ABNORMAL, choice="none")
+    if len(ids) < MIN_IMAGES or n_abnormal < MIN_ABNORMAL:
+        out["reason"] = (f"too few out-of-fold images to decide: {len(ids)} ({n_abnormal} abnormal), at least "
+                         f"{MIN_IMAGES} ({MIN_ABNORMAL} abnormal) needed; --rescore auto keeps none")
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with_clf, without = (GatedScorer(variants[k], p, gt) for k in ("classifier", "none"))
+    gain = bootstrap_difference(lambda w: with_clf.score(low, high, weights=w),
+                                lambda w: without.score(low, high, weights=w), len(with_clf.image_ids),
+                                n_bootstrap or N_BOOTSTRAP, seed)
+    lo, hi = gain["ci95"]
+    out["gain"] = gain
+    verdict = "excludes" if lo > 0 else "includes"
+    out["reason"] = (f"gated mAP@0.4 gain of rescoring {gain['map']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] "
+                     f"{verdict} 0; --rescore auto {'rescores' if lo > 0 else 'keeps none'}")
+    if lo > 0:
+        out["choice"] = "classifier"
     return out

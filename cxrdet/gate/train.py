@@ -146,7 +146,8 @@ def main(args: argparse.Namespace) -> int:
         from cxrdet.gate.rescore import compare_rescoring
 
         p_oof = dict(zip(ids, map(float, gate.oof_proba_)))
-        rescoring = compare_rescoring(dets, clf, p_oof, labels, gate.low_, gate.high_)
+        rescoring = compare_rescoring(dets, clf, p_oof, labels, gate.low_, gate.high_, seed=args.seed)
+        gate.set_rescore(rescoring["choice"], rescoring["reason"])
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -171,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
         g, r = rescoring["gated_none"], rescoring["gated_classifier"]
         print(f"  rescoring by the classifier, OOF gated mAP@0.4 on {rescoring['n_images']} images: "
               f"{g['map']:.4f} -> {r['map']:.4f} (without class 14 {g['map_no14']:.4f} -> {r['map_no14']:.4f}); "
-              f"better: --rescore {rescoring['better']}")
+              f"{rescoring['reason']}")
     return 0
 
 

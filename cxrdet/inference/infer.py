@@ -101,10 +101,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="image-level classifier (`cxrdet train-classifier` RUN/export; repeat to average): its "
                    "probabilities join --image-level-out as clf_<class> columns, from the same decoded images; "
                    "needed by a gate trained with --classifier-probs and by --rescore classifier")
-    p.add_argument("--rescore", choices=(AUTO, *RESCORE_CHOICES), default="none",
+    p.add_argument("--rescore", choices=(AUTO, *RESCORE_CHOICES), default=AUTO,
                    help="classifier: multiply each finding box's score by the --classifier probability of its "
-                   "class before the gate; auto: classifier when --classifier is given. Default none: over 3 "
-                   "seeds it cost 0.025 mAP@0.4 (benchmarks/bench_quality.py, docs/gate.md)")
+                   "class before the gate; none: never; auto (default): what `cxrdet train-gate` decided for "
+                   "the --gate from out-of-fold predictions (rescore only where it scored better beyond its "
+                   "uncertainty; docs/gate.md), none without --classifier or --gate")
     p.add_argument("--errors-out", help="errors CSV (default: <out stem>.errors.csv beside --out)")
     p.add_argument("--on-error", choices=("fail", "normal"), default="fail",
                    help="failed images: fail = leave out of the submission (exit 3); normal = predict "
@@ -135,7 +136,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--png-dir needs --png-sizes CSV (image_id,dim0,dim1 of the original DICOM sizes)")
     if args.png_sizes and not args.png_dir:
         raise UserError("--png-sizes only applies with --png-dir")
-    uses = args.image_level_out or args.gate or getattr(args, "rescore", "none") != "none" or getattr(args, "sr_dir", None)
+    uses = args.image_level_out or args.gate or getattr(args, "rescore", AUTO) == "classifier" or getattr(args, "sr_dir", None)
     if getattr(args, "classifier", None) and not uses:
         raise UserError("--classifier is used by --image-level-out (clf_* columns), --gate (a gate trained with "
                         "classifier evidence), --rescore classifier or --sr-dir: pass one of them")
@@ -345,7 +346,7 @@ def build_predictor(args: argparse.Namespace, models: list, gate: GateRuntime | 
     from cxrdet.formats.image_level import classifier_column
 
     columns = [classifier_column(n) for n in classifiers[1]] if classifiers else None
-    rescore = resolve_rescore(getattr(args, "rescore", "none"), classifiers is not None)
+    rescore = resolve_rescore(getattr(args, "rescore", AUTO), classifiers is not None, gate.rescore if gate else "none")
     settings = PredictSettings(tta=args.tta, wbf_iou=args.wbf_iou, rescore=rescore)
     return Predictor(models, gate, settings, columns)
 

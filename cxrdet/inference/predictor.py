@@ -55,6 +55,7 @@ class GateRuntime:
     high: float
     groups: frozenset[str]  # subset of {"metadata", "pixel", "detector", "classifier"}
     classifier_features: tuple[str, ...] = ()  # the clf_* columns it was trained with
+    rescore: str = "none"  # what `--rescore auto` does with it: train-gate's out-of-fold decision
 
     def zone(self, p_abnormal: float) -> str:
         """Which gate rule applies: normal (p < low), uncertain (low <= p < high), abnormal."""
@@ -255,4 +256,4 @@ def load_gate(gate_dir: str | os.PathLike, low: float | None = None, high: float
         raise UserError(f"gate thresholds need 0 <= low < high, got low={low}, high={high}")
     groups = frozenset(feature_group(n) for n in gate.feature_names_)
     clf = tuple(n for n in gate.feature_names_ if feature_group(n) == "classifier")
-    return GateRuntime(gate, float(low), float(high), groups, clf)
+    return GateRuntime(gate, float(low), float(high), groups, clf, getattr(gate, "rescore_", "none"))

@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-classes", default=d.cam_classes, metavar="top3|all|ID,...",
                    help="heatmaps per image with --classifier, as `cxrdet classify --cam-classes` (default: %(default)s)")
     p.add_argument("--rescore", choices=("auto", "none", "classifier"), default=d.rescore,
-                   help="as `cxrdet infer --rescore` (default none)")
+                   help="as `cxrdet infer --rescore` (default auto: the gate's out-of-fold decision)")
     p.add_argument("--demo-dir", help="serve the artifacts of a `cxrdet demo` run (its detector/export and gate/, "
                    "with the TTA and overlay score its infer used, from DIR/commands.txt); e.g. data/demo")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")

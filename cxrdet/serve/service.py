@@ -23,7 +23,7 @@ class ServeConfig:
     gate: str | None = None  # gate folder from `cxrdet train-gate`
     classifiers: tuple[str, ...] = ()  # image-level classifier artifacts (probabilities, heatmaps)
     cam_classes: str = "top3"  # heatmaps per image, as `cxrdet classify --cam-classes`
-    rescore: str = "none"  # as `cxrdet infer --rescore` (rescoring cost mAP over seeds: docs/gate.md)
+    rescore: str = "auto"  # as `cxrdet infer --rescore`: the gate's out-of-fold decision (docs/gate.md)
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     tta: str = "none"  # as `cxrdet infer --tta`
     conf: float | None = None  # minimum finding score in the answer, as `cxrdet infer --conf`
@@ -82,7 +82,8 @@ def load_service(config: ServeConfig, device) -> Service:
     classifier = load_classifier(config, device, cache_settings) if config.classifiers else None
     from cxrdet.gate.rescore import resolve_rescore
 
-    settings = PredictSettings(tta=config.tta, rescore=resolve_rescore(config.rescore, classifier is not None))
+    settings = PredictSettings(tta=config.tta, rescore=resolve_rescore(config.rescore, classifier is not None,
+                                                                       gate.rescore if gate else "none"))
     predictor = Predictor(models, gate, settings, classifier.columns if classifier else None)
     detectors = []
     for d, record in zip(config.models, records):
