@@ -236,7 +236,8 @@ def evaluate_all(args: argparse.Namespace, plan: DemoPlan, run: Runner) -> dict:
     clf = json.loads((d / "eval_classifier" / "metrics.json").read_text())
     cam = clf["cam"]
     ours = scores["gate"]
-    return {"map": ours["map"], "map_no14": ours["map_no14"], "baseline_map": base["map"],
+    rescore = json.loads((d / "gate_clf" / "gate_schema.json").read_text()).get("rescore", {})
+    return {"rescore_auto": rescore, "map": ours["map"], "map_no14": ours["map_no14"], "baseline_map": base["map"],
             "baseline_map_no14": base["map_no14"], "n_test_images": plan.n_test, "variants": scores,
             "classifier": {"macro_auroc": clf["macro_auroc"], "auroc_abnormal": clf["per_class"].get("abnormal", {}).get("auroc"),
                            "pointing_game": cam["pointing_game"]["overall"], "heatmap_box_map_no14": cam["heatmap_box_map"]["map_no14"]}}
@@ -273,6 +274,8 @@ def print_summary(s: dict) -> None:
     for key, (_, _, _, label) in VARIANTS.items():
         e = v[key]
         print(f"  {label:<44} {_num(e['map']):>8} {_num(e['map_no14']):>8} {_num(e['auroc_abnormal']):>13}")
+    r = s.get("rescore_auto") or {}
+    print(f"--rescore auto with the stacked gate: {r.get('choice', 'none')} ({r.get('reason', 'not measured')})")
     pg = c["pointing_game"]
     print(f"classifier: macro AUROC {_num(c['macro_auroc'])}, abnormal AUROC {_num(c['auroc_abnormal'])}; Grad-CAM "
           f"pointing game {_num(pg['hit_rate'])} (chance {_num(pg['chance'])}), heatmap boxes mAP@0.4 without "

@@ -72,6 +72,8 @@ def fake_metrics(out) -> None:
         (out / sub).mkdir(parents=True, exist_ok=True)
         (out / sub / "metrics.json").write_text(json.dumps({"map": 0.5, "map_no14": 0.4, "n_images": 3,
                                                             "image_auc": {"abnormal": 0.9}}))
+    (out / "gate_clf").mkdir(parents=True, exist_ok=True)
+    (out / "gate_clf" / "gate_schema.json").write_text(json.dumps({"rescore": {"choice": "none", "reason": "few"}}))
     (out / "eval_classifier").mkdir(parents=True, exist_ok=True)
     (out / "eval_classifier" / "metrics.json").write_text(json.dumps({
         "macro_auroc": 0.7, "per_class": {"abnormal": {"auroc": 0.8}},
@@ -135,7 +137,8 @@ def test_demo_steps_speak_the_current_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "write_all_normal", lambda *a: a[-1])
     record.out = tmp_path
     args = demo.get_args_parser().parse_args(["--out", str(tmp_path), "--device", "cpu"])
-    assert demo.run_pipeline(args, DemoPlan(), record)["map"] == 0.5
+    scores = demo.run_pipeline(args, DemoPlan(), record)
+    assert scores["map"] == 0.5 and scores["rescore_auto"] == {"choice": "none", "reason": "few"}  # the stacked gate's
     split, train = parsed["split"], parsed["train detector"]
     assert (split.n_folds, split.seed) == (4, 0)
     cfg, _ = resolve_config(train)
