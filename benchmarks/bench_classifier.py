@@ -165,12 +165,13 @@ def bare_forward(artifact: Path, cache: str, batch: int, device: torch.device) -
     return len(images) / (time.perf_counter() - start)
 
 
-def classify_run(artifact: Path, cache: str, out: Path, batch: int, workers: int, device: str) -> float:
+def classify_run(artifact: Path, cache: str, out: Path, batch: int, workers: int | None, device: str) -> float:
     from cxrdet.cli import main as cli
 
     start = time.perf_counter()
+    flags = [] if workers is None else ["--workers", str(workers)]  # None: classify's own default
     code = cli(["classify", "--model", str(artifact), "--cache", cache, "--out", str(out), "--batch-size", str(batch),
-                "--workers", str(workers), "--device", device])
+                *flags, "--device", device])
     seconds = time.perf_counter() - start
     assert code == 0, code
     return len(pd.read_csv(out)) / seconds
@@ -184,10 +185,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="images (classify pays one-off costs per run that a real test set spreads thin)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0, help="training DataLoader workers")
-    p.add_argument("--classify-workers", type=int, default=2)
+    p.add_argument("--classify-workers", type=int, default=None,
+                   help="classify's --workers (default: classify's own default, 0 over a cache on a CPU)")
     p.add_argument("--steps", type=int, default=12, help="timed training steps per run")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each; the best counts")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--precision", default="32-true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")

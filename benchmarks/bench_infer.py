@@ -28,6 +28,9 @@ batch 4, 2 workers: 96 images: baseline 6.23 img/s, cxrdet infer 5.79 img/s, rat
 32 images: 6.34 vs 5.57 img/s, 0.88x (the one-off costs weigh 3x more). With --workers 0 on
 32 images the forward is 97% of infer's time (cProfile): the rest of the gap on 2 cores is the
 DataLoader workers competing with the forward for the same two cores.
+Re-measured 2026-12-04 on the 2-core dev box (quiet, defaults: R18-FPN, 384 px, 96 images,
+best of 3), after the file-format and import clean-up and the shared Predictor: baseline 5.04
+img/s (runs 5.04, 5.02, 4.87), cxrdet infer 4.61 img/s (4.61, 4.35, 4.45), ratio 0.91x.
 Earlier (2026-11-22, old protocol: baseline first with a one-image warm-up, so infer ran on a
 state the baseline had warmed): H100, R50-FPN at 1024 px, 960 images, batch 8, 6 workers:
 baseline 67.0 img/s, cxrdet infer 56.1 img/s, 0.84x, most of the gap then being PredictionString

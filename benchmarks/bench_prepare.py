@@ -18,6 +18,9 @@ JPEG 2000 decode does most of it). On the shared 2-core dev box (load average 4-
 jobs) the same run gave 1.37x: two workers cannot get two cores there.
 Re-measured 2026-11-23 on the 2-core dev box (quiet, load ~1.4), same 32 files, --size 1024:
 baseline 3.61 img/s, prepare --workers 2 7.80 img/s (2.16x), --workers 1 4.86 img/s (1.35x).
+Re-measured 2026-12-04 on the 2-core dev box (quiet), same 32 files, --size 1024, after the
+file-format and import clean-up: baseline 2.80 img/s, prepare --workers 2 5.81 img/s (2.07x),
+--workers 1 3.93 img/s (1.40x).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ best run counts (the least disturbed by other processes). Prints images/s of bot
 
 Measured 2026-11-23 on the 2-core dev box, defaults (R18-FPN light model, 256 px, batch 2,
 32-true, 20 timed steps x 2 runs): plain loop 3.97 img/s, Lightning 3.93 img/s, ratio 0.989x.
+Re-measured 2026-12-04 on the 2-core dev box (quiet, same defaults), after the file-format and
+import clean-up: plain loop 3.26 img/s (runs 3.26, 3.17), Lightning 3.29 img/s (3.07, 3.29),
+ratio 1.010x.
 """
 
 from __future__ import annotations

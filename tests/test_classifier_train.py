@@ -78,6 +78,9 @@ def test_shards_merge_to_the_unsharded_file(run, vinbig, tmp_path):
     base = ["classify", "--model", str(run / "export"), "--cache", str(vinbig["cache"]), "--workers", "0",
             "--batch-size", "1"]  # batch 1: a batch's other images cannot move a last digit
     assert cli([*base, "--out", str(tmp_path / "all.csv")]) == 0
+    # two worker processes read and resize (ResizeCollate) and hand over one tensor per batch: same bytes
+    assert cli([*base, "--workers", "2", "--out", str(tmp_path / "w2.csv")]) == 0
+    assert (tmp_path / "w2.csv").read_bytes() == (tmp_path / "all.csv").read_bytes()
     for i in range(2):
         assert cli([*base, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}.csv")]) == 0
     assert cli(["merge-probabilities", "--out", str(tmp_path / "m.csv"), str(tmp_path / "s0.csv"),

@@ -278,3 +278,48 @@ def test_probability_csv_is_read_like_every_cxrdet_csv(tmp_path):
     path.write_bytes(b"image_id,A\nx,0.\xff5\n")
     with pytest.raises(UserError, match=r"p.csv:2: not UTF-8 text"):
         read_probabilities(path)
+
+
+def test_resize_collate_stacks_one_tensor_per_input_side_and_lists_failures():
+    import torch
+
+    from cxrdet.classifier.predict import ResizeCollate
+    from cxrdet.classifier.transforms import resize_square
+    from cxrdet.inference.classify import default_workers
+    from cxrdet.inference.sources import Sample
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (40, 30), dtype=np.uint8), rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    samples = [Sample("a", a, (400, 300), {}, {}), Sample("bad", None, None, {}, {}, "truncated file"),
+               Sample("b", b, (200, 240), {}, {})]
+    out = ResizeCollate([16, 32, 16])(samples)
+    assert out.ids == ["a", "b"] and out.failed == [("bad", "truncated file")] and out.orig_hws == [(400, 300), (200, 240)]
+    assert sorted(out.inputs) == [16, 32] and out.images == [None, None]  # cache-size images only when kept
+    for side, batch in out.inputs.items():
+        assert batch.dtype == torch.uint8 and tuple(batch.shape) == (2, side, side)
+        assert np.array_equal(batch[1].numpy(), resize_square(b, side))  # shrinks a, enlarges b
+    kept = ResizeCollate([16], keep_images=True)(samples)
+    assert np.array_equal(kept.images[0].numpy(), a)
+    empty = ResizeCollate([16])([samples[1]])
+    assert empty.ids == [] and tuple(empty.inputs[16].shape) == (0, 16, 16)
+    assert default_workers(True, torch.device("cpu")) == 0  # a cache on a CPU: the forward keeps the cores
+    assert default_workers(False, torch.device("cpu")) == 2 and default_workers(True, torch.device("cuda")) == 2
+
+
+def test_artifact_backbone_skips_random_init_but_holds_exactly_the_saved_weights():
+    import torch
+
+    from cxrdet.classifier.backbones import build_backbone
+    from cxrdet.classifier.export import backbone_with_weights
+
+    torch.manual_seed(0)
+    saved = build_backbone("resnet18", 3).eval()
+    loaded = backbone_with_weights("resnet18", 3, saved.state_dict()).eval()
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), saved(x))
+    broken = dict(saved.state_dict())
+    broken.pop("fc.bias")
+    with pytest.raises(RuntimeError, match="fc.bias"):  # strict: a missing tensor is an error, never left unset
+        backbone_with_weights("resnet18", 3, broken)

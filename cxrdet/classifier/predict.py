@@ -4,7 +4,8 @@ the two views), sigmoid (multi-label) or softmax (multi-class)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,8 +38,45 @@ def predict_probabilities(model: nn.Module, cfg: ClassifierConfig, batch: torch.
 def ensemble_probabilities(models: Sequence[tuple[nn.Module, ClassifierConfig]], images: Sequence[np.ndarray],
                            device: torch.device, tta: str = "none") -> np.ndarray:
     """The mean probabilities of several classifiers (same classes) for ``images``."""
+    inputs = {cfg.size: batch_tensor(images, cfg.size, torch.device("cpu")) for _, cfg in models}
+    return ensemble_from_inputs(models, inputs, device, tta)
+
+
+def ensemble_from_inputs(models: Sequence[tuple[nn.Module, ClassifierConfig]], inputs: Mapping[int, torch.Tensor],
+                         device: torch.device, tta: str = "none") -> np.ndarray:
+    """The mean probabilities of several classifiers for batches already resized: ``inputs[size]``
+    is the uint8 ``[B, size, size]`` batch of the models whose input side is ``size``."""
     total = None
     for model, cfg in models:
-        probs = predict_probabilities(model, cfg, batch_tensor(images, cfg.size, device), tta)
+        probs = predict_probabilities(model, cfg, inputs[cfg.size].to(device, non_blocking=True), tta)
         total = probs if total is None else total + probs
     return total / len(models)
+
+
+class ResizedBatch(NamedTuple):
+    """What :class:`ResizeCollate` hands the main process for one DataLoader batch."""
+
+    ids: list[str]  # the readable images, in batch order
+    inputs: dict[int, torch.Tensor]  # input side -> uint8 [len(ids), side, side]
+    images: list[np.ndarray | None]  # cache-size images of ``ids`` (None unless kept, e.g. for heatmaps)
+    orig_hws: list  # original (rows, columns) of ``ids``
+    failed: list[tuple[str, str]]  # (image_id, reason) of the unreadable ones
+
+
+class ResizeCollate:
+    """DataLoader collate for classification: resizes each readable image to every model input side
+    inside the worker and stacks each side into ONE uint8 tensor. A worker hands tensors over
+    through shared memory, one file descriptor per tensor: one per batch instead of one per image
+    (about 0.5 ms each on a CPU), and the resizing overlaps the forward pass. The cache-size
+    images travel too only when ``keep_images`` (Grad-CAM overlays need them)."""
+
+    def __init__(self, sizes: Sequence[int], keep_images: bool = False) -> None:
+        self.sizes, self.keep_images = sorted(set(int(s) for s in sizes)), keep_images
+
+    def __call__(self, samples: Sequence) -> ResizedBatch:
+        good = [s for s in samples if s.image is not None]
+        failed = [(s.image_id, s.error or "unreadable") for s in samples if s.image is None]
+        inputs = {size: torch.from_numpy(np.stack([resize_square(np.asarray(s.image, np.uint8), size) for s in good])
+                                         if good else np.zeros((0, size, size), np.uint8)) for size in self.sizes}
+        images = [torch.from_numpy(np.ascontiguousarray(s.image)) if self.keep_images else None for s in good]
+        return ResizedBatch([s.image_id for s in good], inputs, images, [s.orig_hw for s in good], failed)

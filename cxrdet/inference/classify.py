@@ -31,7 +31,7 @@ from cxrdet.formats.failures import FailureLog, errors_path
 from cxrdet.formats.probabilities import write_probabilities
 from cxrdet.formats.provenance import model_record, write_provenance
 from cxrdet.flags import add_device_flag
-from cxrdet.inference.sources import ImageSource, collate_samples, uncollate
+from cxrdet.inference.sources import ImageSource, Sample
 from cxrdet.preprocess.listing import parse_shard, select_shard
 
 INTERRUPT_NOTE = "the probability CSV is written only at the end, so none was; a rerun starts over"
@@ -54,7 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, help="the fold of --folds to predict")
     p.add_argument("--shard", metavar="i/n", help="process shard i of n; combine with `cxrdet merge-probabilities`")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: 0 for --cache on a CPU device, where reading and "
+                   "resizing cost less than the cores the workers would take from the forward pass; else 2)")
     p.add_argument("--cam-dir", metavar="DIR", help="also write Grad-CAM heatmap overlays (PNG per image and class) here")
     p.add_argument("--cam-classes", default="top3", metavar="top3|all|ID,...",
                    help="classes explained per image: topK most probable findings, all outputs, or a list of class "
@@ -64,6 +66,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_device_flag(p, "the classifiers run")
     p.add_argument("--out", required=True, help="probability CSV image_id,<class>,... (written atomically)")
     return p
+
+
+def default_workers(from_cache: bool, device: torch.device) -> int:
+    """DataLoader workers when ``--workers`` is not given.
+
+    Over a cache on a CPU device a worker's job (an HDF5 read and a resize, well under a
+    millisecond per image) is worth less than what it takes from the forward pass: its
+    process competes with the forward's threads for the same cores, and an intra-op thread
+    that loses its core stalls the others (measured on 2 cores: 0.93x a bare forward loop with
+    0 workers, 0.85x with 2; benchmarks/bench_classifier.py). Decoding DICOM or PNG is heavy
+    enough to pay for workers, and a GPU leaves the cores to them.
+    """
+    return 0 if from_cache and device.type == "cpu" else 2
 
 
 def load_models(dirs: list[str], device: torch.device):
@@ -91,7 +106,7 @@ def build_source(args: argparse.Namespace, settings) -> ImageSource:
     from cxrdet.inference.sources import CacheSource, DicomFolderSource
 
     if args.cache:
-        source: ImageSource = CacheSource(args.cache, settings, with_features=False)
+        source: ImageSource = CacheSource(args.cache, settings, with_features=False, with_meta=False)
     elif args.dicom_dir:
         source = DicomFolderSource(args.dicom_dir, settings, with_features=False)
     else:
@@ -111,30 +126,35 @@ def build_source(args: argparse.Namespace, settings) -> ImageSource:
 
 
 def run(source: ImageSource, models, device: torch.device, args, cam=None) -> tuple[dict, FailureLog]:
-    """The batched loop: ``({image_id: probabilities}, failures)``; ``cam`` (a CamOutput) explains each batch."""
-    from cxrdet.classifier.predict import ensemble_probabilities
+    """The batched loop: ``({image_id: probabilities}, failures)``; ``cam`` (a CamOutput) explains each batch.
 
-    loader = DataLoader(source, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_samples)
+    The DataLoader workers read and resize (:class:`ResizeCollate`); this process only runs the models."""
+    from cxrdet.classifier.predict import ResizeCollate, ensemble_from_inputs
+
+    collate = ResizeCollate([cfg.size for _, cfg in models], keep_images=cam is not None)
+    loader = DataLoader(source, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
     probs, failures = {}, FailureLog()
     with tqdm(total=len(source), unit="img", desc="classify", file=sys.stderr, disable=None) as bar:
         for batch in loader:
-            batch = uncollate(batch)
-            good = [s for s in batch if s.image is not None]
-            for s in batch:
-                if s.image is None:
-                    failures.add(s.image_id, s.error or "unreadable")
-            if good:
+            for image_id, reason in batch.failed:
+                failures.add(image_id, reason)
+            if batch.ids:
                 try:
-                    values = ensemble_probabilities(models, [s.image for s in good], device, args.tta)
-                    probs.update({s.image_id: v for s, v in zip(good, values)})
+                    values = ensemble_from_inputs(models, batch.inputs, device, args.tta)
+                    probs.update(zip(batch.ids, values))
                 except Exception as e:  # e.g. out of memory: the batch's images are listed, the run goes on
-                    for s in good:
-                        failures.add(s.image_id, f"the classifier failed on its batch: {failure_reason(e)}")
-                    good = []
-                if cam is not None and good:
-                    cam.add_batch(good, values, failures)
-            bar.update(len(batch))
+                    for image_id in batch.ids:
+                        failures.add(image_id, f"the classifier failed on its batch: {failure_reason(e)}")
+                else:
+                    if cam is not None:
+                        cam.add_batch(kept_samples(batch), values, failures)
+            bar.update(len(batch.ids) + len(batch.failed))
     return probs, failures
+
+
+def kept_samples(batch) -> list[Sample]:
+    """The batch's readable images as Samples (images kept by the collate: the heatmaps' input)."""
+    return [Sample(i, im.numpy(), hw, {}, {}) for i, im, hw in zip(batch.ids, batch.images, batch.orig_hws)]
 
 
 def open_cam(args: argparse.Namespace, models, device: torch.device, records: list):
@@ -153,9 +173,11 @@ def open_cam(args: argparse.Namespace, models, device: torch.device, records: li
 def main(args: argparse.Namespace) -> int:
     if (args.folds is None) != (args.fold is None):
         raise UserError("--folds and --fold go together (predict the images of one fold)")
-    if args.batch_size < 1 or args.workers < 0:
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     device = torch_device(args.device, torch.cuda.device_count())
+    if args.workers is None:
+        args.workers = default_workers(bool(args.cache), device)
     models, settings, records = load_models(args.model, device)
     source = build_source(args, settings)
     cfg = models[0][1]

@@ -136,6 +136,8 @@ class CacheReader:
         self._id_set = set(self.ids)
         self._h5: h5py.File | None = None
         self._pid: int | None = None
+        self._images: h5py.Group | None = None  # the "images" group of _h5
+        self._images_of: h5py.File | None = None
 
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
@@ -146,7 +148,10 @@ class CacheReader:
     def _dataset(self, image_id: str) -> h5py.Dataset:
         if image_id not in self._id_set:
             raise KeyError(f"image id {image_id!r} is not in cache {self.path}")
-        return self._file()["images"][image_id]
+        h5 = self._file()
+        if self._images is None or self._images_of is not h5:  # one group lookup per handle, not per read
+            self._images, self._images_of = h5["images"], h5
+        return self._images[image_id]
 
     def read(self, image_id: str) -> tuple[np.ndarray, dict[str, int]]:
         """``(uint8 [h, w] image, {"orig_height", "orig_width"})``."""
@@ -178,12 +183,14 @@ class CacheReader:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_h5"], state["_pid"] = None, None  # spawn workers reopen the file themselves
+        state["_images"], state["_images_of"] = None, None
         return state
 
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
         self._h5, self._pid = None, None
+        self._images, self._images_of = None, None
 
     def __enter__(self) -> "CacheReader":
         return self
