@@ -32,6 +32,24 @@ best of 3). Other jobs shared the two cores most of the day, so single runs vari
   between runs: 8.6 vs 2.2 img/s for the same loop).
 - 480 images, quiet box, one run each: bare 91.4 img/s, classify 77.8 img/s (--workers 0) /
   74.3 img/s (2 workers), 0.81-0.85x; cProfile of classify: 94% of its time is the forward pass.
+
+Measured 2026-12-04 on the 2-core dev box (quiet), defaults (resnet18, 128 px, batch 16, 384
+images, classify's default workers), after four changes to classify: (1) the DataLoader's
+collate resizes and stacks each batch into one uint8 tensor, so a worker hands over one shared-
+memory block per batch instead of one per image (cProfile: 0.5 ms per image went to rebuilding
+per-image handles); (2) --workers defaults to 0 over a cache on a CPU device: on 2 cores two
+workers took cores from the forward's threads (same code, same box: 0.85x with 2 workers, 0.88x
+with 1, 0.93x with 0); (3) the cache reader looks the images group up once per handle and
+classify no longer reads the metadata rows it never uses; (4) artifacts load into a backbone
+built on the meta device (no random init to overwrite: resnet18 0.10 -> 0.02 s, resnet50 0.23
+-> 0.05 s per run). Seven runs, best of 3 (two of them best of 5) each:
+  classify / bare = 0.948, 0.916, 0.937, 0.866, 0.920, 0.900, 0.940 (median 0.920x; goal 0.9x),
+  e.g. bare 133.2 img/s vs classify 124.8 img/s. Before the changes, same box and protocol with
+  the old default of 2 workers: 0.842x (480 images) and 0.85x. The runs vary by +-4%: the box
+  is a VM, and best-of-N of each side still catches different lucky moments.
+  Training, same runs: Lightning / plain 1.010-1.061x, once 0.955x and 0.957x (goal 0.95x).
+What is left of the gap (cProfile, 960 images): HDF5 reads (an image and two attributes, ~0.36
+ms per image, 4%) and the first, cold forward pass, which the bare loop's warm-up excludes.
 """
 
 from __future__ import annotations
