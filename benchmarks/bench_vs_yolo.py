@@ -28,8 +28,12 @@ script sets YOLO_OFFLINE=1, a private YOLO_CONFIG_DIR, ``settings.update(sync=Fa
     python benchmarks/bench_vs_yolo.py --threads 2                 # seeds 0 1 2, ~1.5 h on 2 cores
     python benchmarks/bench_vs_yolo.py --quick --threads 2         # smoke run (figures are noise)
 
-NOT RUN YET: written while the 2-core box was shared by 8 sessions; ultralytics is not installed
-there. No figure below comes from this script. The issue's earlier hand-run measurement (same
+First run 2026-12-04: ``--quick`` smoke run (138 s, ultralytics 8.4.190 in a venv made with
+``python -m venv --system-site-packages`` so the project's environment stays as it is). It
+found two bugs, both fixed: the mAP rows were read together with bench_quality's AUROC entry
+(KeyError), and with mlflow installed (a cxrdet dependency) ultralytics logged every run into
+./mlflow.db and ./mlruns, so every logging integration is now switched off. A smoke run's
+figures are noise. The issue's earlier hand-run measurement below is still the only figure. The issue's earlier hand-run measurement (same
 fused labels and folds, 391 s of CPU, 2 threads, no gate, 60 test images): YOLOv8n seed 0 / 1
 mAP@0.4 0.328 / 0.304 (without class 14 0.284 / 0.257); cxrdet demo recipe with hflip TTA and no
 gate 0.301 / 0.408.
@@ -79,7 +83,10 @@ def offline_ultralytics(out: Path):
         import ultralytics
     except ImportError:
         sys.exit("bench_vs_yolo needs ultralytics (an optional, benchmark-only dependency): pip install ultralytics")
-    ultralytics.settings.update({"sync": False})
+    # no logging integration: with mlflow installed (a cxrdet dependency) ultralytics would log
+    # every run into ./mlflow.db and ./mlruns of the working directory
+    loggers = ("mlflow", "tensorboard", "wandb", "clearml", "comet", "dvc", "neptune", "raytune", "hub")
+    ultralytics.settings.update({"sync": False, **{k: False for k in loggers if k in ultralytics.settings}})
     return ultralytics
 
 
@@ -166,7 +173,7 @@ def main(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         model = train_yolo(data_yaml, out / f"yolo_seed{s}", s, budget / 3600, plan, args.workers)
         yolo_s = time.perf_counter() - start
-        rows = {k: {"map": v["map"], "map_no14": v["map_no14"]} for k, v in cx.items() if k != "pairs"}
+        rows = {k: {"map": v["map"], "map_no14": v["map_no14"]} for k, v in cx.items() if "map" in v}  # mAP rows only
         for tta, augment in (("none", False), ("yolo augment", True)):
             sub = predict_yolo(model, out, out / f"yolo_seed{s}" / f"test_{tta.replace(' ', '_')}.csv", augment, plan)
             rows[f"YOLOv8n | tta {tta}"] = evaluate(run, f"seed {s}: evaluate YOLO tta {tta}", out / "synth" / "test.csv", sub)
