@@ -61,7 +61,9 @@ there were no clf_* probabilities to rescore by and the row equals the one above
 (the clf_* columns are read as written, and an empty set is an error); the same saved
 predictions rescored correctly give, per seed 0 / 1 / 2: 0.3038 / 0.2831 / 0.2783 against
 0.3191 / 0.3197 / 0.3013, a paired difference of -0.025 (std 0.011): rescoring by this
-classifier costs mAP@0.4, hence ``--rescore none`` by default.
+classifier costs mAP@0.4. Hence rescoring is not a fixed default: ``--rescore auto`` (the
+default) applies it only where train-gate's out-of-fold measurement shows a gain beyond its
+bootstrap uncertainty (cxrdet/gate/rescore.py).
 """
 
 from __future__ import annotations
