@@ -142,7 +142,7 @@ def test_rescoring_is_chosen_only_when_its_out_of_fold_gain_beats_its_uncertaint
     assert r["gain"]["map"] == pytest.approx(gain)
     if helpful:
         assert gain > 0.05 and r["gain"]["ci95"][0] > 0 and r["choice"] == "classifier" == r["better"]
-        assert "excludes 0" in r["reason"]
+        assert "excludes 0; rescoring is adopted" in r["reason"]
     else:
         assert gain < 0 and r["better"] == "none" == r["choice"] and r["gain"]["ci95"][1] < 0
 

@@ -70,10 +70,8 @@ def compare_rescoring(dets: Mapping[str, Detections], clf: "pd.DataFrame", p: Ma
     """
     import warnings
 
-    from cxrdet.classes import NO_FINDING
     from cxrdet.detections import detections_to_frame
-    from cxrdet.gate.rules import GatedScorer, apply_gate
-    from cxrdet.gate.selection import MIN_ABNORMAL, MIN_IMAGES, N_BOOTSTRAP, bootstrap_difference
+    from cxrdet.gate.rules import apply_gate
     from cxrdet.metrics import evaluate_detections
 
     ids = [i for i in dets if i in clf.index and i in p]
@@ -90,11 +88,27 @@ def compare_rescoring(dets: Mapping[str, Detections], clf: "pd.DataFrame", p: Ma
             key = f"{'gated' if gated else 'ungated'}_{name}"
             out[key] = {"map": float(r.map), "map_no14": float(r.map_no14)}
     out["better"] = "classifier" if out["gated_classifier"]["map"] > out["gated_none"]["map"] else "none"
+    out.update(rescoring_choice(variants, p, gt, low, high, seed, n_bootstrap))
+    return out
+
+
+def rescoring_choice(variants: Mapping[str, Mapping[str, Detections]], p: Mapping[str, float], gt: "pd.DataFrame",
+                     low: float, high: float, seed: int = 0, n_bootstrap: int | None = None) -> dict:
+    """``choice`` (``classifier`` or ``none``) and its ``reason`` for the OOF detections
+    ``variants["none"]`` and ``variants["classifier"]`` (rescored), gated at ``low``/``high``;
+    with ``gain`` (:func:`cxrdet.gate.selection.bootstrap_difference`) when there were enough images."""
+    import warnings
+
+    from cxrdet.classes import NO_FINDING
+    from cxrdet.gate.rules import GatedScorer
+    from cxrdet.gate.selection import MIN_ABNORMAL, MIN_IMAGES, N_BOOTSTRAP, bootstrap_difference
+
+    n_images = int(gt["image_id"].nunique())
     n_abnormal = int(gt.loc[gt["class_id"] != NO_FINDING, "image_id"].nunique())
-    out.update(n_abnormal=n_abnormal, min_images=MIN_IMAGES, min_abnormal=MIN_ABNORMAL, choice="none")
-    if len(ids) < MIN_IMAGES or n_abnormal < MIN_ABNORMAL:
-        out["reason"] = (f"too few out-of-fold images to decide: {len(ids)} ({n_abnormal} abnormal), at least "
-                         f"{MIN_IMAGES} ({MIN_ABNORMAL} abnormal) needed; --rescore auto keeps none")
+    out = {"n_abnormal": n_abnormal, "min_images": MIN_IMAGES, "min_abnormal": MIN_ABNORMAL, "choice": "none"}
+    if n_images < MIN_IMAGES or n_abnormal < MIN_ABNORMAL:
+        out["reason"] = (f"too few out-of-fold images to decide: {n_images} ({n_abnormal} abnormal), at least "
+                         f"{MIN_IMAGES} ({MIN_ABNORMAL} abnormal) needed; rescoring stays off")
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -104,9 +118,8 @@ def compare_rescoring(dets: Mapping[str, Detections], clf: "pd.DataFrame", p: Ma
                                 n_bootstrap or N_BOOTSTRAP, seed)
     lo, hi = gain["ci95"]
     out["gain"] = gain
-    verdict = "excludes" if lo > 0 else "includes"
     out["reason"] = (f"gated mAP@0.4 gain of rescoring {gain['map']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] "
-                     f"{verdict} 0; --rescore auto {'rescores' if lo > 0 else 'keeps none'}")
+                     f"{'excludes 0; rescoring is adopted' if lo > 0 else 'includes 0; rescoring stays off'}")
     if lo > 0:
         out["choice"] = "classifier"
     return out
