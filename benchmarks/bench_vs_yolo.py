@@ -33,7 +33,26 @@ First run 2026-12-04: ``--quick`` smoke run (138 s, ultralytics 8.4.190 in a ven
 found two bugs, both fixed: the mAP rows were read together with bench_quality's AUROC entry
 (KeyError), and with mlflow installed (a cxrdet dependency) ultralytics logged every run into
 ./mlflow.db and ./mlruns, so every logging integration is now switched off. A smoke run's
-figures are noise. The issue's earlier hand-run measurement below is still the only figure. The issue's earlier hand-run measurement (same
+figures are noise.
+
+First full-size run 2026-12-04, ONE seed (--seeds 0; 800 train / 500 test images, 2 threads,
+1740 s in all on the quiet 2-core box): cxrdet's detector trained 554 s, YOLOv8n 566 s (11
+epochs at batch 4, the same batch as cxrdet; its validation mAP50 was still rising, 0.027 ->
+0.040 over the last two epochs). mAP@0.4 on the 500 test images (without class 14):
+
+    no gate | tta none                     0.2524 (0.2704)
+    no gate | tta hflip                    0.2539 (0.2721)
+    gate 0.08/0.95 | tta none              0.3177 (0.2707)   (train-gate kept the defaults)
+    gate 0.08/0.95 | tta hflip             0.3184 (0.2720)
+    gate+clf 0.08/0.95 | tta none          0.3191 (0.2720)
+    gate+clf 0.08/0.95 + rescore           0.3038 (0.2555)
+    YOLOv8n | tta none                     0.0696 (0.0746)
+    YOLOv8n | tta yolo augment             0.0720 (0.0771)
+
+One seed gives no spread, so this is no claim. It also disagrees with the issue's hand run on
+the demo's 150 training images, where YOLOv8n got ~40 epochs in 391 s and was level with
+cxrdet. Here it gets 11 epochs, 3 of them warmup, so YOLO's batch and schedule at a fixed time
+budget need a look before the 3-seed run. The issue's earlier hand-run measurement (same
 fused labels and folds, 391 s of CPU, 2 threads, no gate, 60 test images): YOLOv8n seed 0 / 1
 mAP@0.4 0.328 / 0.304 (without class 14 0.284 / 0.257); cxrdet demo recipe with hflip TTA and no
 gate 0.301 / 0.408.
