@@ -38,7 +38,7 @@ def predict_probabilities(model: nn.Module, cfg: ClassifierConfig, batch: torch.
 def ensemble_probabilities(models: Sequence[tuple[nn.Module, ClassifierConfig]], images: Sequence[np.ndarray],
                            device: torch.device, tta: str = "none") -> np.ndarray:
     """The mean probabilities of several classifiers (same classes) for ``images``."""
-    inputs = {cfg.size: batch_tensor(images, cfg.size, torch.device("cpu")) for _, cfg in models}
+    inputs = {size: batch_tensor(images, size, torch.device("cpu")) for size in {cfg.size for _, cfg in models}}
     return ensemble_from_inputs(models, inputs, device, tta)
 
 
@@ -67,7 +67,7 @@ class ResizeCollate:
     """DataLoader collate for classification: resizes each readable image to every model input side
     inside the worker and stacks each side into ONE uint8 tensor. A worker hands tensors over
     through shared memory, one file descriptor per tensor: one per batch instead of one per image
-    (about 0.5 ms each on a CPU), and the resizing overlaps the forward pass. The cache-size
+    (about 0.5 ms each on a CPU), and with workers the resizing overlaps the forward pass. The cache-size
     images travel too only when ``keep_images`` (Grad-CAM overlays need them)."""
 
     def __init__(self, sizes: Sequence[int], keep_images: bool = False) -> None:
@@ -76,7 +76,8 @@ class ResizeCollate:
     def __call__(self, samples: Sequence) -> ResizedBatch:
         good = [s for s in samples if s.image is not None]
         failed = [(s.image_id, s.error or "unreadable") for s in samples if s.image is None]
-        inputs = {size: torch.from_numpy(np.stack([resize_square(np.asarray(s.image, np.uint8), size) for s in good])
-                                         if good else np.zeros((0, size, size), np.uint8)) for size in self.sizes}
+        cpu = torch.device("cpu")
+        inputs = {size: batch_tensor([s.image for s in good], size, cpu) if good
+                  else torch.zeros((0, size, size), dtype=torch.uint8) for size in self.sizes}
         images = [torch.from_numpy(np.ascontiguousarray(s.image)) if self.keep_images else None for s in good]
         return ResizedBatch([s.image_id for s in good], inputs, images, [s.orig_hw for s in good], failed)

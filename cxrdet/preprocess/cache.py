@@ -136,21 +136,19 @@ class CacheReader:
         self._id_set = set(self.ids)
         self._h5: h5py.File | None = None
         self._pid: int | None = None
-        self._images: h5py.Group | None = None  # the "images" group of _h5
-        self._images_of: h5py.File | None = None
+        self._images: h5py.Group | None = None  # the "images" group of _h5, looked up once per handle
 
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
             # a handle inherited through fork belongs to the parent: drop it, never close it
             self._h5, self._pid = h5py.File(self.path, "r"), os.getpid()
+            self._images = self._h5["images"]
         return self._h5
 
     def _dataset(self, image_id: str) -> h5py.Dataset:
         if image_id not in self._id_set:
             raise KeyError(f"image id {image_id!r} is not in cache {self.path}")
-        h5 = self._file()
-        if self._images is None or self._images_of is not h5:  # one group lookup per handle, not per read
-            self._images, self._images_of = h5["images"], h5
+        self._file()
         return self._images[image_id]
 
     def read(self, image_id: str) -> tuple[np.ndarray, dict[str, int]]:
@@ -183,14 +181,14 @@ class CacheReader:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_h5"], state["_pid"] = None, None  # spawn workers reopen the file themselves
-        state["_images"], state["_images_of"] = None, None
+        state["_images"] = None
         return state
 
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
         self._h5, self._pid = None, None
-        self._images, self._images_of = None, None
+        self._images = None
 
     def __enter__(self) -> "CacheReader":
         return self
