@@ -19,7 +19,8 @@ from cxrdet.training.loggers import DEFAULT_LOGGERS, parse_loggers
 from cxrdet.formats import atomic
 from cxrdet.fusion import FUSION_METHODS
 
-MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet18_fpn")
+MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_resnet18_fpn",
+          "fasterrcnn_mobilenet_v3_large_fpn")
 OPTIMIZERS = ("sgd", "adamw")
 FUSIONS = FUSION_METHODS  # label fusion before training: the methods cxrdet.fusion implements
 # Fields that fix the network's shape: a resumed run or an exported artifact must keep them.
@@ -28,7 +29,7 @@ ARCHITECTURE_FIELDS = ("model", "weights", "backbone_weights", "trainable_layers
 # a resumed run keeps them, or "best" would compare val_map across different validations.
 VALIDATION_FIELDS = ("cache", "labels", "folds", "fold", "fusion", "fusion_iou", "min_size", "max_size",
                      "score_thresh", "nms_thresh", "detections_per_img", "image_mean", "image_std",
-                     "limit_val_batches")
+                     "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "limit_val_batches")
 
 
 @dataclass
@@ -53,6 +54,13 @@ class DetectorConfig:
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # torchvision default; lesions vary
     detections_per_img: int = 300  # mAP rewards many low-score boxes; 300 covers 14 classes comfortably
     box_batch_size_per_image: int = 512  # RoIs sampled per image for the box head (torchvision default)
+    # RPN budgets: torchvision's COCO defaults (an image there holds ~7 objects of 80 classes, a
+    # chest X-ray 0-5 findings); the CPU demo recipe measures smaller ones (benchmarks/bench_recipe.py)
+    rpn_pre_nms_top_n_train: int = 2000  # proposals per FPN level before the RPN's NMS, training
+    rpn_post_nms_top_n_train: int = 2000  # proposals per image after NMS, training (torchvision default)
+    rpn_pre_nms_top_n_test: int = 1000  # the same at inference (torchvision default)
+    rpn_post_nms_top_n_test: int = 1000  # proposals per image the box head scores at inference
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss (torchvision default)
     score_thresh: float = 0.001  # keep near-zero scores: extra low-confidence boxes cost nothing in VOC AP
     nms_thresh: float = 0.5  # torchvision default per-class NMS in the box head
     image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet: pretrained backbones expect it
@@ -123,6 +131,11 @@ class DetectorConfig:
             raise UserError(f"{source}: normal_fraction must be < 1 (or < 0 for all images), got {self.normal_fraction}")
         if self.batch_size < 1 or self.val_batch_size < 1:
             raise UserError(f"{source}: batch sizes must be >= 1")
+        budgets = ("box_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
+                   "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_batch_size_per_image")
+        for name in budgets:
+            if getattr(self, name) < 1:
+                raise UserError(f"{source}: {name} must be >= 1, got {getattr(self, name)}")
         if len(self.anchor_sizes) != 5:
             raise UserError(f"{source}: anchor_sizes needs 5 values (one per FPN level), got {self.anchor_sizes}")
         if self.lr <= 0:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import resnet18, resnet50
+from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _mobilenet_extractor, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, RPNHead, TwoMLPHead
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -53,6 +53,11 @@ def build_detector(cfg: DetectorConfig) -> FasterRCNN:
         rpn_anchor_generator=anchors,
         box_detections_per_img=cfg.detections_per_img,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_score_thresh=cfg.score_thresh,
         box_nms_thresh=cfg.nms_thresh,
     )
@@ -61,6 +66,8 @@ def build_detector(cfg: DetectorConfig) -> FasterRCNN:
         return FasterRCNN(backbone, **kwargs)
     if cfg.model == "fasterrcnn_resnet18_fpn":
         return _light_detector(norm_layer, trainable, kwargs)
+    if cfg.model == "fasterrcnn_mobilenet_v3_large_fpn":
+        return _mobilenet_detector(cfg, norm_layer, kwargs)
     if cfg.model == "fasterrcnn_resnet50_fpn_v2":
         # Same construction as torchvision's fasterrcnn_resnet50_fpn_v2, minus the download.
         backbone = _resnet_fpn_extractor(resnet50(weights=None), trainable, norm_layer=nn.BatchNorm2d)
@@ -88,6 +95,21 @@ def _light_detector(norm_layer, trainable: int, kwargs: dict) -> FasterRCNN:
     box_head = TwoMLPHead(LIGHT_FPN_CHANNELS * 7 * 7, LIGHT_REPRESENTATION)
     predictor = FastRCNNPredictor(LIGHT_REPRESENTATION, kwargs.pop("num_classes"))
     return FasterRCNN(backbone, num_classes=None, box_head=box_head, box_predictor=predictor, **kwargs)
+
+
+def _mobilenet_detector(cfg: DetectorConfig, norm_layer, kwargs: dict) -> FasterRCNN:
+    """torchvision's fasterrcnn_mobilenet_v3_large_fpn, minus the download.
+
+    Its FPN has 3 levels (the last two stages + max pool), each with every anchor size, and its
+    RPN drops proposals scoring under 0.05, as torchvision's builder sets. From scratch all 6
+    stages train.
+    """
+    trainable = cfg.trainable_layers if cfg.pretrained else 6
+    backbone = _mobilenet_extractor(mobilenet_v3_large(weights=None, norm_layer=norm_layer), True, trainable)
+    ratios = tuple(float(a) for a in cfg.aspect_ratios)
+    kwargs["rpn_anchor_generator"] = AnchorGenerator(sizes=(tuple(int(s) for s in cfg.anchor_sizes),) * 3,
+                                                     aspect_ratios=(ratios,) * 3)
+    return FasterRCNN(backbone, rpn_score_thresh=0.05, **kwargs)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -144,9 +166,12 @@ def load_pretrained(model: FasterRCNN, cfg: DetectorConfig, log=print) -> None:
     """Load ``cfg.weights`` (detector) and/or ``cfg.backbone_weights`` (ResNet) into ``model``."""
     if cfg.backbone_weights:
         path = Path(cfg.backbone_weights)
-        state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
-        # torchvision ResNet keys (conv1.weight, layer1.0...) live under backbone.body.
-        replaced = _load_matching(model.backbone.body, state, path, f"{cfg.model} backbone (ResNet)", cfg.model)
+        state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(("fc.", "classifier."))}
+        # torchvision ResNet keys (conv1.weight, layer1.0...) live under backbone.body; MobileNet's
+        # (features.0.0.weight...) there without their "features." prefix.
+        state = {k.removeprefix("features."): v for k, v in state.items()}
+        what = "MobileNetV3-Large" if "mobilenet" in cfg.model else "ResNet"
+        replaced = _load_matching(model.backbone.body, state, path, f"{cfg.model} backbone ({what})", cfg.model)
         log(f"loaded backbone weights from {path}" + (f"; replaced (shape differs): {replaced}" if replaced else ""))
     if cfg.weights:
         path = Path(cfg.weights)

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Detector recipes for the CPU demo, compared at the SAME CPU budget over several training seeds.
+
+torchvision's Faster R-CNN defaults are sized for COCO (2,000 RPN proposals and 512 sampled
+RoIs per training image), while a chest X-ray holds 0-5 findings. This benchmark measures the
+budgets, the light backbone, the schedule and the augmentations of the demo's detector recipe
+(bench_quality.py's: light R18-FPN, 256 px, 400 steps of batch 4) and reports which one is
+ahead by more than the spread over seeds.
+
+Protocol, on bench_quality.py's data (800 train / 500 test synthetic images, fold 0 of 4 validates):
+  1. CPU cost: each variant's seconds per training step on THIS machine's CPU with --cost-threads
+     threads (bench_train.py's plain torchvision loop over the variant's real model and data,
+     best of --cost-repeats after a warm-up), unless --costs names a costs.json measured earlier.
+  2. Same CPU budget: a variant trains demo_steps x (demo s/step / its s/step) steps (its warmup
+     scaled alike), i.e. the number of steps the demo's CPU time buys it.
+  3. Per variant and seed: `cxrdet train` (the real command, on --device; the step count comes from
+     the CPU cost, so a GPU only makes the benchmark faster), `cxrdet infer` on the test cache
+     (--tta none, no gate: the gate adds the same class-14 rows to every detector), mAP@0.4 with
+     and without class 14, its bootstrap SE over test images, and the paired difference to the
+     demo recipe seed by seed. Runs go --parallel at a time (a GPU holds several).
+
+    python benchmarks/bench_recipe.py --out /tmp/recipes                          # everything on this CPU
+    python benchmarks/bench_recipe.py --costs-only --out /tmp/costs               # step 1 only
+    python benchmarks/bench_recipe.py --costs /tmp/costs/costs.json --device gpu --parallel 6 --out /tmp/recipes
+
+Results: --out/results.json (per variant and seed) and the printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_quality as bq  # noqa: E402
+from cxrdet.demo import Runner, prepare_out  # noqa: E402
+from cxrdet.formats.atomic import write_json  # noqa: E402
+
+BUDGETS = ["--rpn-pre-nms-top-n-train", "1000", "--rpn-post-nms-top-n-train", "500", "--box-batch-size-per-image", "128"]
+# name -> (why it is tried, `cxrdet train` flags on top of the demo recipe)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "demo": ("the demo recipe as shipped: R18-FPN, torchvision's COCO budgets", []),
+    "rois 128": ("128 sampled RoIs per image instead of 512 (0-5 findings per image)", ["--box-batch-size-per-image", "128"]),
+    "budgets": ("RPN 1000 -> 500 training proposals and 128 RoIs", BUDGETS),
+    "mobilenet": ("torchvision's MobileNetV3-Large-FPN Faster R-CNN", ["--arch", "fasterrcnn_mobilenet_v3_large_fpn"]),
+    "mobilenet + budgets": ("MobileNetV3-FPN with the small budgets", ["--arch", "fasterrcnn_mobilenet_v3_large_fpn", *BUDGETS]),
+    "budgets + lr 0.02": ("the small budgets at twice the demo's lr", [*BUDGETS, "--lr", "0.02"]),
+    "budgets, no crop/color": ("the small budgets with hflip as the only augmentation", [*BUDGETS, "--crop-prob", "0", "--color-prob", "0"]),
+}
+MAX_STEP_FACTOR = 4.0  # a variant cheaper than 1/4 of the demo per step still trains at most 4x the steps
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="data/bench_recipe", help="work folder")
+    p.add_argument("--data", help="a bench_quality/bench_vs_yolo folder whose cache/, synth/ and folds.csv to reuse")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
+                   help=f"recipes to compare (default all: {', '.join(VARIANTS)})")
+    p.add_argument("--device", default="cpu", help="where `cxrdet train`/`infer` run (cpu, gpu)")
+    p.add_argument("--parallel", type=int, default=1, help="train/infer runs at a time")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
+    p.add_argument("--costs", help="costs.json of an earlier --costs-only run (CPU seconds per step)")
+    p.add_argument("--costs-only", action="store_true", help="measure the CPU cost per step and stop")
+    p.add_argument("--cost-threads", type=int, default=2, help="torch threads of the CPU cost measurement")
+    p.add_argument("--cost-steps", type=int, default=8, help="timed steps per cost measurement")
+    p.add_argument("--cost-repeats", type=int, default=2, help="cost measurements per variant (the best counts)")
+    p.add_argument("--quick", action="store_true", help="smoke run: bench_quality's --quick data and steps")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    return p
+
+
+def train_argv(d: Path, plan, out: Path, variant: str, steps: int, seed: int, device: str, workers: str) -> list[str]:
+    """`cxrdet train` for one variant: bench_quality's demo recipe, the variant's flags last."""
+    warmup = max(1, round(plan.warmup_steps * steps / plan.steps))
+    return ["--out", str(out), "--cache", str(d / "cache" / "train.h5"), "--labels", str(d / "synth" / "train.csv"),
+            "--folds", str(d / "folds.csv"), "--fold", "0", "--arch", "fasterrcnn_resnet18_fpn",
+            "--min-size", str(plan.size), "--max-size", str(plan.size), "--max-steps", str(steps),
+            "--batch-size", str(plan.batch_size), "--lr", str(plan.lr), "--warmup-steps", str(warmup),
+            "--limit-val-batches", str(plan.val_share), "--log-every-n-steps", "10", "--workers", workers,
+            "--device", device, "--seed", str(seed), *VARIANTS[variant][1]]
+
+
+def cpu_costs(d: Path, plan, variants: list[str], args) -> dict[str, float]:
+    """CPU seconds per training step of each variant (bench_train.py's plain loop, best of N)."""
+    import torch
+
+    from bench_train import plain_run
+    from cxrdet.detector.data import load_table
+    from cxrdet.detector.train import get_args_parser as train_parser
+    from cxrdet.detector.train import resolve_config
+
+    torch.set_num_threads(args.cost_threads)
+    costs = {}
+    for v in variants:
+        argv = train_argv(d, plan, d / "cost_run", v, plan.steps, 0, "cpu", "0")
+        cfg, _ = resolve_config(train_parser().parse_args(argv))
+        cfg = dataclasses.replace(cfg, warmup_steps=0)
+        table = load_table(cfg)
+        rates = []
+        for r in range(args.cost_repeats):
+            torch.manual_seed(r)
+            rates.append(plain_run(cfg, table, warmup=2, steps=args.cost_steps, device=torch.device("cpu")))
+        costs[v] = plan.batch_size / max(rates)
+        print(f"cost {v:<26} {costs[v]:.3f} s/step ({args.cost_threads} threads, best of {args.cost_repeats})", flush=True)
+    return costs
+
+
+def steps_at_budget(costs: dict[str, float], plan) -> dict[str, int]:
+    """Steps each variant gets for the CPU time the demo's plan.steps take."""
+    budget = costs["demo"] * plan.steps
+    return {v: int(min(MAX_STEP_FACTOR * plan.steps, round(budget / c))) for v, c in costs.items()}
+
+
+def run_one(d: Path, plan, variant: str, steps: int, seed: int, args) -> Path:
+    """Train and infer one (variant, seed) in subprocesses; returns the test submission."""
+    slug = variant.replace(" ", "_").replace("/", "_").replace(",", "").replace("+", "plus")
+    run_dir = Path(args.out) / f"{slug}_seed{seed}"
+    sub = run_dir / "test_none.csv"
+    if sub.is_file():
+        return sub
+    cmd = [sys.executable, "-m", "cxrdet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir.with_suffix(".log"), "w") as log:
+        for argv in (["train", *train_argv(d, plan, run_dir, variant, steps, seed, args.device, str(args.workers))],
+                     ["infer", "--model", str(run_dir / "export"), "--cache", str(d / "cache" / "test.h5"),
+                      "--tta", "none", "--workers", str(args.workers), "--device", args.device, "--out", str(sub)]):
+            rc = subprocess.run([*cmd, *argv], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            if rc:
+                raise SystemExit(f"{variant} seed {seed}: cxrdet {argv[0]} failed (exit {rc}); see {log.name}")
+    print(f"done: {variant} seed {seed} ({steps} steps)", flush=True)
+    return sub
+
+
+def score(sub: Path, gt, seed: int) -> dict:
+    """mAP@0.4 with/without class 14 and its bootstrap SE over test images (no gate)."""
+    from cxrdet.classes import NO_FINDING
+    from cxrdet.detections import Detections, detections_from_frame, detections_to_frame
+    from cxrdet.formats.submission import read_submission
+    from cxrdet.gate.rules import GatedScorer
+    from cxrdet.metrics import evaluate_detections
+
+    frame, ids = read_submission(sub, with_ids=True)
+    found = detections_from_frame(frame[frame["class_id"] != NO_FINDING])
+    dets = {i: found.get(i, Detections.empty()) for i in ids}
+    res = evaluate_detections(gt, detections_to_frame(dets), pred_image_ids=list(dets))
+    rng = np.random.default_rng(seed)
+    n = int(gt["image_id"].nunique())
+    scorer = GatedScorer(dets, {i: 1.0 for i in dets}, gt)
+    boot = [scorer.score(0.0, 0.5, np.bincount(rng.integers(0, n, n), minlength=n))["map"] for _ in range(bq.N_BOOT)]
+    return {"map": res.map, "map_no14": res.map_no14, "se": float(np.std(boot))}
+
+
+def summarize(per: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
+    rows = []
+    for v, by_seed in per.items():
+        m = [by_seed[s]["map"] for s in seeds]
+        diff = [by_seed[s]["map"] - per["demo"][s]["map"] for s in seeds] if "demo" in per else [float("nan")] * len(seeds)
+        std = (lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else float("nan"))
+        rows.append({"variant": v, "mean": float(np.mean(m)), "std": std(m), "per_seed": m,
+                     "mean_no14": float(np.mean([by_seed[s]["map_no14"] for s in seeds])),
+                     "max_se": max(by_seed[s]["se"] for s in seeds), "paired_diff": float(np.mean(diff)),
+                     "paired_std": std(diff), "per_seed_diff": diff})
+    return rows
+
+
+def print_table(rows: list[dict], costs: dict, steps: dict, seeds: list[int]) -> None:
+    print(f"\nmAP@0.4 (no gate, tta none), seeds {seeds}; paired: minus the demo recipe, seed by seed "
+          "(a gain is real when its mean is well above std / sqrt(seeds))")
+    print(f"{'variant':<26} {'s/step':>6} {'steps':>5}  {'mean':>6} {'std':>6} {'SE':>6} {'no14':>6}  "
+          f"{'paired':>7} {'std':>6}  per seed")
+    for r in rows:
+        v = r["variant"]
+        per = "  ".join(f"{a:.3f}" for a in r["per_seed"])
+        print(f"{v:<26} {costs[v]:6.3f} {steps[v]:5d}  {r['mean']:6.4f} {r['std']:6.4f} {r['max_se']:6.4f} "
+              f"{r['mean_no14']:6.4f}  {r['paired_diff']:+7.4f} {r['paired_std']:6.4f}  {per}")
+
+
+def main(args: argparse.Namespace) -> int:
+    from cxrdet.formats.labels import read_labels
+
+    plan = bq.QUICK if args.quick else bq.FULL
+    out = Path(args.out)
+    prepare_out(out, args.overwrite)
+    variants = args.variants if "demo" in args.variants else ["demo", *args.variants]
+    d = Path(args.data) if args.data else out
+    if not args.data:
+        bq.prepare_data(Runner(out), plan, 0, str(args.workers))
+    start = time.perf_counter()
+    if args.costs:
+        costs = {v: c for v, c in json.loads(Path(args.costs).read_text())["costs"].items() if v in variants}
+    else:
+        costs = cpu_costs(d, plan, variants, args)
+    write_json(out / "costs.json", {"costs": costs, "threads": args.cost_threads, "plan_steps": plan.steps})
+    if args.costs_only:
+        return 0
+    steps = steps_at_budget(costs, plan)
+    jobs = [(v, s) for s in args.seeds for v in variants]
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        subs = dict(zip(jobs, pool.map(lambda j: run_one(d, plan, j[0], steps[j[0]], j[1], args), jobs)))
+    gt = read_labels(d / "synth" / "test.csv")
+    per = {v: {s: score(subs[(v, s)], gt, s) for s in args.seeds} for v in variants}
+    rows = summarize(per, args.seeds)
+    print_table(rows, costs, steps, args.seeds)
+    seconds = time.perf_counter() - start
+    write_json(out / "results.json", {"quick": args.quick, "device": args.device, "seeds": args.seeds, "costs": costs,
+                                      "steps": steps, "rows": rows, "seconds": round(seconds, 1),
+                                      "variants": {v: VARIANTS[v][1] for v in variants}})
+    print(f"wrote {out / 'results.json'} ({seconds:.0f} s){' (QUICK smoke run: not a measurement)' if args.quick else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
