@@ -48,16 +48,18 @@ from cxrdet.demo import Runner, prepare_out  # noqa: E402
 from cxrdet.formats.atomic import write_json  # noqa: E402
 
 BUDGETS = ["--rpn-pre-nms-top-n-train", "1000", "--rpn-post-nms-top-n-train", "500", "--box-batch-size-per-image", "128"]
-# name -> (why it is tried, `cxrdet train` flags on top of the demo recipe)
+# name -> (why it is tried, `cxrdet train` flags on top of the demo recipe); the most telling first,
+# so a --deadline leaves out the least telling
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "demo": ("the demo recipe as shipped: R18-FPN, torchvision's COCO budgets", []),
-    "rois 128": ("128 sampled RoIs per image instead of 512 (0-5 findings per image)", ["--box-batch-size-per-image", "128"]),
     "budgets": ("RPN 1000 -> 500 training proposals and 128 RoIs", BUDGETS),
-    "mobilenet": ("torchvision's MobileNetV3-Large-FPN Faster R-CNN", ["--arch", "fasterrcnn_mobilenet_v3_large_fpn"]),
-    "mobilenet + budgets": ("MobileNetV3-FPN with the small budgets", ["--arch", "fasterrcnn_mobilenet_v3_large_fpn", *BUDGETS]),
+    "rois 128": ("128 sampled RoIs per image instead of 512 (0-5 findings per image)", ["--box-batch-size-per-image", "128"]),
     "budgets + lr 0.02": ("the small budgets at twice the demo's lr", [*BUDGETS, "--lr", "0.02"]),
     "budgets, no crop/color": ("the small budgets with hflip as the only augmentation", [*BUDGETS, "--crop-prob", "0", "--color-prob", "0"]),
+    "mobilenet + budgets": ("MobileNetV3-FPN with the small budgets", ["--arch", "fasterrcnn_mobilenet_v3_large_fpn", *BUDGETS]),
+    "mobilenet": ("torchvision's MobileNetV3-Large-FPN Faster R-CNN", ["--arch", "fasterrcnn_mobilenet_v3_large_fpn"]),
 }
+COST_NEUTRAL = {"--lr", "--hflip-prob", "--crop-prob", "--color-prob"}  # schedule and augmentation: same work per step
 MAX_STEP_FACTOR = 4.0  # a variant cheaper than 1/4 of the demo per step still trains at most 4x the steps
 
 
@@ -71,11 +73,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where `cxrdet train`/`infer` run (cpu, gpu)")
     p.add_argument("--parallel", type=int, default=1, help="train/infer runs at a time")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
+    p.add_argument("--prepare-workers", type=int, help="processes making the data (default: --workers)")
     p.add_argument("--costs", help="costs.json of an earlier --costs-only run (CPU seconds per step)")
     p.add_argument("--costs-only", action="store_true", help="measure the CPU cost per step and stop")
     p.add_argument("--cost-threads", type=int, default=2, help="torch threads of the CPU cost measurement")
     p.add_argument("--cost-steps", type=int, default=8, help="timed steps per cost measurement")
     p.add_argument("--cost-repeats", type=int, default=2, help="cost measurements per variant (the best counts)")
+    p.add_argument("--deadline", type=float, default=0,
+                   help="seconds after which no new train/infer run starts (0 = none); variants missing a seed "
+                        "are then left out of the table")
     p.add_argument("--quick", action="store_true", help="smoke run: bench_quality's --quick data and steps")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     return p
@@ -117,21 +123,39 @@ def cpu_costs(d: Path, plan, variants: list[str], args) -> dict[str, float]:
     return costs
 
 
+def model_key(variant: str) -> tuple[str, ...]:
+    """The flags that change the work of a step: variants that differ only in COST_NEUTRAL flags
+    share one cost (the mean of their measurements), so timing noise cannot give them different steps."""
+    flags, key = VARIANTS[variant][1], []
+    for k in range(0, len(flags), 2):
+        if flags[k] not in COST_NEUTRAL:
+            key += flags[k:k + 2]
+    return tuple(key)
+
+
 def steps_at_budget(costs: dict[str, float], plan) -> dict[str, int]:
     """Steps each variant gets for the CPU time the demo's plan.steps take."""
-    budget = costs["demo"] * plan.steps
-    return {v: int(min(MAX_STEP_FACTOR * plan.steps, round(budget / c))) for v, c in costs.items()}
+    shared = {}
+    for v in costs:
+        shared.setdefault(model_key(v), []).append(costs[v])
+    cost = {v: float(np.mean(shared[model_key(v)])) for v in costs}
+    budget = cost["demo"] * plan.steps
+    return {v: int(min(MAX_STEP_FACTOR * plan.steps, round(budget / c))) for v, c in cost.items()}
 
 
-def run_one(d: Path, plan, variant: str, steps: int, seed: int, args) -> Path:
-    """Train and infer one (variant, seed) in subprocesses; returns the test submission."""
+def run_one(d: Path, plan, variant: str, steps: int, seed: int, args, deadline: float) -> Path | None:
+    """Train and infer one (variant, seed) in subprocesses; returns the test submission (None:
+    not started, the deadline had passed)."""
+    if deadline and time.perf_counter() > deadline:
+        return None
     slug = variant.replace(" ", "_").replace("/", "_").replace(",", "").replace("+", "plus")
     run_dir = Path(args.out) / f"{slug}_seed{seed}"
     sub = run_dir / "test_none.csv"
     if sub.is_file():
         return sub
     cmd = [sys.executable, "-m", "cxrdet"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # runs side by side share the cores: no run's thread pool may take them all
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.parallel)), **os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir.with_suffix(".log"), "w") as log:
         for argv in (["train", *train_argv(d, plan, run_dir, variant, steps, seed, args.device, str(args.workers))],
                      ["infer", "--model", str(run_dir / "export"), "--cache", str(d / "cache" / "test.h5"),
@@ -196,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
     variants = args.variants if "demo" in args.variants else ["demo", *args.variants]
     d = Path(args.data) if args.data else out
     if not args.data:
-        bq.prepare_data(Runner(out), plan, 0, str(args.workers))
+        bq.prepare_data(Runner(out), plan, 0, str(args.prepare_workers or args.workers))
     start = time.perf_counter()
     if args.costs:
         costs = {v: c for v, c in json.loads(Path(args.costs).read_text())["costs"].items() if v in variants}
@@ -206,11 +230,24 @@ def main(args: argparse.Namespace) -> int:
     if args.costs_only:
         return 0
     steps = steps_at_budget(costs, plan)
-    jobs = [(v, s) for s in args.seeds for v in variants]
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        subs = dict(zip(jobs, pool.map(lambda j: run_one(d, plan, j[0], steps[j[0]], j[1], args), jobs)))
+    jobs = [(v, s) for v in variants for s in args.seeds]  # variant by variant: a --deadline leaves whole variants out
+    deadline = start + args.deadline if args.deadline else 0.0
     gt = read_labels(d / "synth" / "test.csv")
-    per = {v: {s: score(subs[(v, s)], gt, s) for s in args.seeds} for v in variants}
+
+    def job(j: tuple[str, int]) -> dict | None:  # scored as soon as it ran: a run cut short keeps what finished
+        sub = run_one(d, plan, j[0], steps[j[0]], j[1], args, deadline)
+        if sub is None:
+            return None
+        result = score(sub, gt, j[1])
+        write_json(sub.with_name("score.json"), {"variant": j[0], "seed": j[1], "steps": steps[j[0]], **result})
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        scores = dict(zip(jobs, pool.map(job, jobs)))
+    complete = [v for v in variants if all(scores[(v, s)] for s in args.seeds)]
+    if len(complete) < len(variants):
+        print(f"left out (a seed did not run before --deadline): {sorted(set(variants) - set(complete))}")
+    per = {v: {s: scores[(v, s)] for s in args.seeds} for v in complete}
     rows = summarize(per, args.seeds)
     print_table(rows, costs, steps, args.seeds)
     seconds = time.perf_counter() - start

@@ -82,6 +82,11 @@ from cxrdet.formats.submission import write_submission  # noqa: E402
 from cxrdet.preprocess.cache import CacheReader  # noqa: E402
 
 
+# like against like: no TTA against no TTA, each detector's own TTA, and the shipped pipeline (gate) against YOLO's best
+PAIRS = (("no gate | tta none", "YOLOv8n | tta none"), ("no gate | tta hflip", "YOLOv8n | tta yolo augment"),
+         ("gate train-gate choice | tta hflip", "YOLOv8n | tta yolo augment"))
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="data/bench_vs_yolo", help="work folder")
@@ -91,7 +96,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: bench_quality's --quick sizes, seeds 0 1")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes for both")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                   help="only print the table of earlier runs' results.json together (runs of other seeds on the "
+                        "same --seed-data), e.g. a seed run again after an interruption")
     return p
+
+
+def merge(paths: list[str]) -> int:
+    """The table over several runs' seeds; refuses runs of different kinds (quick vs full, threads)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    kinds = {(r["quick"], r["threads"]) for r in runs}
+    if len(kinds) > 1:
+        sys.exit(f"--merge: the runs differ in quick/threads {sorted(kinds)}; merge runs of one kind only")
+    results = {k: v for r in runs for k, v in r["results"].items()}
+    seeds = sorted(int(k) for k in results)
+    print_table(results, seeds)
+    return 0
 
 
 def offline_ultralytics(out: Path):
@@ -175,6 +195,8 @@ def evaluate(run: Runner, step: str, gt: Path, sub: Path) -> dict:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    if args.merge:
+        return merge(args.merge)
     torch.set_num_threads(args.threads)
     plan, seeds = (bq.QUICK, [0, 1]) if args.quick else (bq.FULL, args.seeds)
     out = Path(args.out)
@@ -213,6 +235,12 @@ def print_table(results: dict, seeds: list[int]) -> None:
         std = np.std(m, ddof=1) if len(m) > 1 else float("nan")
         per = "  ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(m, m14))
         print(f"{k:<42} {np.mean(m):7.4f} {std:7.4f}  no14 {np.mean(m14):7.4f}  {per}")
+    print("\npaired per seed, cxrdet minus YOLOv8n (same seed; ahead beyond noise when mean >> std / sqrt(seeds))")
+    for ours, theirs in PAIRS:
+        d = [results[str(s)]["rows"][ours]["map"] - results[str(s)]["rows"][theirs]["map"] for s in seeds]
+        std = np.std(d, ddof=1) if len(d) > 1 else float("nan")
+        print(f"  {ours + '  -  ' + theirs:<66} mean {np.mean(d):+.4f}  std {std:.4f}  "
+              f"per seed {'  '.join(f'{x:+.3f}' for x in d)}")
 
 
 if __name__ == "__main__":
