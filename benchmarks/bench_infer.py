@@ -34,7 +34,15 @@ img/s (runs 5.04, 5.02, 4.87), cxrdet infer 4.61 img/s (4.61, 4.35, 4.45), ratio
 Earlier (2026-11-22, old protocol: baseline first with a one-image warm-up, so infer ran on a
 state the baseline had warmed): H100, R50-FPN at 1024 px, 960 images, batch 8, 6 workers:
 baseline 67.0 img/s, cxrdet infer 56.1 img/s, 0.84x, most of the gap then being PredictionString
-formatting (~2-3 ms per image), since made ~4.7x faster (vectorized); not re-measured on a GPU.
+formatting (~2-3 ms per image), since made ~4.7x faster (vectorized).
+Re-measured 2026-12-04 on one NVIDIA H200 (torch 2.11.0+cu130, 16 CPU cores; fair protocol):
+``--arch fasterrcnn_resnet50_fpn --size 1024 --n-images 96 --copies 5 --batch-size 8 --workers 6
+--device cuda`` (480 images): baseline 75.74 img/s (75.74, 71.75, 75.74), cxrdet infer 64.29 img/s
+end to end (64.29, 62.64, 61.84), ratio 0.85x: BELOW the goal on that GPU. infer's own progress
+line, over its loop alone, read 72.2-73.0 img/s (0.96x): the rest is about 0.8 s of one-off costs
+(model load, worker start, the first batches at ~23 img/s) in a 6.6 s run. Over a real 3,000-image
+test set that would weigh about 2% (an estimate from these figures, not a measurement; a run with
+``--copies 30`` measures it).
 """
 
 from __future__ import annotations

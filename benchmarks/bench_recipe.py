@@ -74,6 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="train/infer runs at a time")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
     p.add_argument("--prepare-workers", type=int, help="processes making the data (default: --workers)")
+    p.add_argument("--demo-from", nargs="+", metavar="ROOT",
+                   help="bench_quality/bench_vs_yolo folders on the same data whose seedN/test_none.csv are the demo rows")
     p.add_argument("--costs", help="costs.json of an earlier --costs-only run (CPU seconds per step)")
     p.add_argument("--costs-only", action="store_true", help="measure the CPU cost per step and stop")
     p.add_argument("--cost-threads", type=int, default=2, help="torch threads of the CPU cost measurement")
@@ -146,14 +148,14 @@ def steps_at_budget(costs: dict[str, float], plan) -> dict[str, int]:
 def run_one(d: Path, plan, variant: str, steps: int, seed: int, args, deadline: float) -> Path | None:
     """Train and infer one (variant, seed) in subprocesses; returns the test submission (None:
     not started, the deadline had passed)."""
-    if deadline and time.perf_counter() > deadline:
-        return None
     slug = variant.replace(" ", "_").replace("/", "_").replace(",", "").replace("+", "plus")
     run_dir = Path(args.out) / f"{slug}_seed{seed}"
     sub = run_dir / "test_none.csv"
-    if sub.is_file():
+    if sub.is_file():  # a reused demo run
         return sub
-    cmd = [sys.executable, "-m", "cxrdet"]
+    if deadline and time.perf_counter() > deadline:
+        return None
+    cmd, train_start = [sys.executable, "-m", "cxrdet"], time.perf_counter()
     # runs side by side share the cores: no run's thread pool may take them all
     env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.parallel)), **os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir.with_suffix(".log"), "w") as log:
@@ -163,8 +165,25 @@ def run_one(d: Path, plan, variant: str, steps: int, seed: int, args, deadline: 
             rc = subprocess.run([*cmd, *argv], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
             if rc:
                 raise SystemExit(f"{variant} seed {seed}: cxrdet {argv[0]} failed (exit {rc}); see {log.name}")
+            if argv[0] == "train":  # the CPU budget check: a variant's training should take the demo's time
+                write_json(run_dir / "train_seconds.json", {"seconds": round(time.perf_counter() - train_start, 1)})
     print(f"done: {variant} seed {seed} ({steps} steps)", flush=True)
     return sub
+
+
+def reuse_demo_runs(roots: list[str], seeds: list[int], out: Path) -> None:
+    """The demo recipe's test predictions of earlier bench_quality / bench_vs_yolo runs on the same
+    data (ROOT/seed{s}/test_none.csv, tta none; their class-14 rows are ignored by score) as this
+    run's demo rows, so the reference is not trained again."""
+    import shutil
+
+    for s in seeds:
+        found = [Path(r) / f"seed{s}" / "test_none.csv" for r in roots if (Path(r) / f"seed{s}" / "test_none.csv").is_file()]
+        if not found:
+            raise SystemExit(f"--demo-from: no seed{s}/test_none.csv under {roots}")
+        (out / f"demo_seed{s}").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found[0], out / f"demo_seed{s}" / "test_none.csv")
+        print(f"demo seed {s}: reusing {found[0]}")
 
 
 def score(sub: Path, gt, seed: int) -> dict:
@@ -186,15 +205,20 @@ def score(sub: Path, gt, seed: int) -> dict:
     return {"map": res.map, "map_no14": res.map_no14, "se": float(np.std(boot))}
 
 
-def summarize(per: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
+def summarize(per: dict[str, dict[int, dict]]) -> list[dict]:
+    """Mean/std over the seeds each variant finished; paired differences over the seeds it shares with the demo."""
     rows = []
     for v, by_seed in per.items():
+        seeds = sorted(by_seed)
+        if not seeds:
+            continue
         m = [by_seed[s]["map"] for s in seeds]
-        diff = [by_seed[s]["map"] - per["demo"][s]["map"] for s in seeds] if "demo" in per else [float("nan")] * len(seeds)
+        diff = [by_seed[s]["map"] - per["demo"][s]["map"] for s in seeds if s in per.get("demo", {})]
         std = (lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else float("nan"))
-        rows.append({"variant": v, "mean": float(np.mean(m)), "std": std(m), "per_seed": m,
+        rows.append({"variant": v, "seeds": seeds, "mean": float(np.mean(m)), "std": std(m), "per_seed": m,
                      "mean_no14": float(np.mean([by_seed[s]["map_no14"] for s in seeds])),
-                     "max_se": max(by_seed[s]["se"] for s in seeds), "paired_diff": float(np.mean(diff)),
+                     "max_se": max(by_seed[s]["se"] for s in seeds), "train_s": float(np.mean([by_seed[s]["train_s"] for s in seeds])),
+                     "paired_diff": float(np.mean(diff)),
                      "paired_std": std(diff), "per_seed_diff": diff})
     return rows
 
@@ -202,12 +226,12 @@ def summarize(per: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
 def print_table(rows: list[dict], costs: dict, steps: dict, seeds: list[int]) -> None:
     print(f"\nmAP@0.4 (no gate, tta none), seeds {seeds}; paired: minus the demo recipe, seed by seed "
           "(a gain is real when its mean is well above std / sqrt(seeds))")
-    print(f"{'variant':<26} {'s/step':>6} {'steps':>5}  {'mean':>6} {'std':>6} {'SE':>6} {'no14':>6}  "
+    print(f"{'variant':<26} {'s/step':>6} {'steps':>5} {'train s':>7}  {'mean':>6} {'std':>6} {'SE':>6} {'no14':>6}  "
           f"{'paired':>7} {'std':>6}  per seed")
     for r in rows:
         v = r["variant"]
-        per = "  ".join(f"{a:.3f}" for a in r["per_seed"])
-        print(f"{v:<26} {costs[v]:6.3f} {steps[v]:5d}  {r['mean']:6.4f} {r['std']:6.4f} {r['max_se']:6.4f} "
+        per = "  ".join(f"s{s} {a:.3f}" for s, a in zip(r["seeds"], r["per_seed"]))
+        print(f"{v:<26} {costs[v]:6.3f} {steps[v]:5d} {r['train_s']:7.0f}  {r['mean']:6.4f} {r['std']:6.4f} {r['max_se']:6.4f} "
               f"{r['mean_no14']:6.4f}  {r['paired_diff']:+7.4f} {r['paired_std']:6.4f}  {per}")
 
 
@@ -230,7 +254,10 @@ def main(args: argparse.Namespace) -> int:
     if args.costs_only:
         return 0
     steps = steps_at_budget(costs, plan)
-    jobs = [(v, s) for v in variants for s in args.seeds]  # variant by variant: a --deadline leaves whole variants out
+    if args.demo_from:
+        reuse_demo_runs(args.demo_from, args.seeds, out)
+    # seed by seed: a --deadline leaves out the last seeds of every variant, not whole variants
+    jobs = [(v, s) for s in args.seeds for v in variants]
     deadline = start + args.deadline if args.deadline else 0.0
     gt = read_labels(d / "synth" / "test.csv")
 
@@ -239,16 +266,18 @@ def main(args: argparse.Namespace) -> int:
         if sub is None:
             return None
         result = score(sub, gt, j[1])
+        timing = sub.with_name("train_seconds.json")  # absent for reused demo runs
+        result["train_s"] = json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
         write_json(sub.with_name("score.json"), {"variant": j[0], "seed": j[1], "steps": steps[j[0]], **result})
         return result
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         scores = dict(zip(jobs, pool.map(job, jobs)))
-    complete = [v for v in variants if all(scores[(v, s)] for s in args.seeds)]
-    if len(complete) < len(variants):
-        print(f"left out (a seed did not run before --deadline): {sorted(set(variants) - set(complete))}")
-    per = {v: {s: scores[(v, s)] for s in args.seeds} for v in complete}
-    rows = summarize(per, args.seeds)
+    per = {v: {s: scores[(v, s)] for s in args.seeds if scores[(v, s)]} for v in variants}
+    for v, done in per.items():
+        if len(done) < len(args.seeds):
+            print(f"{v}: seeds {sorted(done)} only (the others did not start before --deadline)")
+    rows = summarize(per)
     print_table(rows, costs, steps, args.seeds)
     seconds = time.perf_counter() - start
     write_json(out / "results.json", {"quick": args.quick, "device": args.device, "seeds": args.seeds, "costs": costs,

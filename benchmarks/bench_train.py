@@ -16,6 +16,14 @@ Measured 2026-11-23 on the 2-core dev box, defaults (R18-FPN light model, 256 px
 Re-measured 2026-12-04 on the 2-core dev box (quiet, same defaults), after the file-format and
 import clean-up: plain loop 3.26 img/s (runs 3.26, 3.17), Lightning 3.29 img/s (3.07, 3.29),
 ratio 1.010x.
+Measured 2026-12-04 on one NVIDIA H200 (torch 2.11.0+cu130, Lightning 2.6.6, 16 CPU cores),
+``--accelerator gpu --arch fasterrcnn_resnet50_fpn --size 1024 --precision 16-mixed --batch-size 4
+--workers 4 --steps 30 --repeats 2``: plain loop 51.15 img/s (runs 51.15, 48.10), Lightning 46.63
+img/s (46.56, 46.63), ratio 0.912x: BELOW the goal on that GPU. About 8 ms more per step (86 vs
+78 ms) at 0.08 s a step, where the CPU's 1 s steps hide it. Not profiled yet (the session's GPU
+time was spent). The 30 timed steps (2.4 s) cross two epoch ends of the 48-image set, so
+epoch-boundary work (Lightning's hooks, the CSV logger's flush) may be part of it; a run with
+``--images 480 --steps 200`` would tell the two apart.
 """
 
 from __future__ import annotations
