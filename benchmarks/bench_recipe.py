@@ -256,8 +256,10 @@ def main(args: argparse.Namespace) -> int:
     steps = steps_at_budget(costs, plan)
     if args.demo_from:
         reuse_demo_runs(args.demo_from, args.seeds, out)
-    # seed by seed: a --deadline leaves out the last seeds of every variant, not whole variants
-    jobs = [(v, s) for s in args.seeds for v in variants]
+    # the first variant after the demo gets all its seeds first, then the others seed by seed:
+    # a --deadline leaves out the last seeds of the others, never the main candidate's
+    first, rest = variants[:2], variants[2:]
+    jobs = [(v, s) for v in first for s in args.seeds] + [(v, s) for s in args.seeds for v in rest]
     deadline = start + args.deadline if args.deadline else 0.0
     gt = read_labels(d / "synth" / "test.csv")
 
