@@ -22,6 +22,12 @@ Protocol, on bench_quality.py's data (800 train / 500 test synthetic images, fol
     python benchmarks/bench_recipe.py --out /tmp/recipes                          # everything on this CPU
     python benchmarks/bench_recipe.py --costs-only --out /tmp/costs               # step 1 only
     python benchmarks/bench_recipe.py --costs /tmp/costs/costs.json --device gpu --parallel 6 --out /tmp/recipes
+    python benchmarks/bench_recipe.py --data /tmp/bvy --demo-from /tmp/bvy --costs /tmp/costs/costs.json \
+        --variants budgets --deadline 3600 --out /tmp/recipes    # reuse bench_vs_yolo's data and demo runs
+
+--demo-from takes the demo recipe's runs of bench_quality.py / bench_vs_yolo.py on the same data
+(their seedN/test_none.csv) instead of training the reference again. --deadline stops starting
+runs after that many seconds; the first variant after the demo gets every seed before the others.
 
 Results: --out/results.json (per variant and seed) and the printed table.
 """
@@ -235,9 +241,37 @@ def print_table(rows: list[dict], costs: dict, steps: dict, seeds: list[int]) ->
               f"{r['mean_no14']:6.4f}  {r['paired_diff']:+7.4f} {r['paired_std']:6.4f}  {per}")
 
 
-def main(args: argparse.Namespace) -> int:
+def run_all(d: Path, plan, variants: list[str], steps: dict[str, int], args, deadline: float) -> dict[str, dict[int, dict]]:
+    """Every (variant, seed) run, --parallel at a time, each scored as soon as it finishes (a run
+    cut short keeps what finished); returns variant -> seed -> score for the runs that ran."""
     from cxrdet.formats.labels import read_labels
 
+    # the first variant after the demo gets all its seeds first, then the others seed by seed:
+    # a --deadline leaves out the last seeds of the others, never the main candidate's
+    first, rest = variants[:2], variants[2:]
+    jobs = [(v, s) for v in first for s in args.seeds] + [(v, s) for s in args.seeds for v in rest]
+    gt = read_labels(d / "synth" / "test.csv")
+
+    def job(j: tuple[str, int]) -> dict | None:
+        sub = run_one(d, plan, j[0], steps[j[0]], j[1], args, deadline)
+        if sub is None:
+            return None
+        result = score(sub, gt, j[1])
+        timing = sub.with_name("train_seconds.json")  # absent for reused demo runs
+        result["train_s"] = json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
+        write_json(sub.with_name("score.json"), {"variant": j[0], "seed": j[1], "steps": steps[j[0]], **result})
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        scores = dict(zip(jobs, pool.map(job, jobs)))
+    per = {v: {s: scores[(v, s)] for s in args.seeds if scores[(v, s)]} for v in variants}
+    for v, done in per.items():
+        if len(done) < len(args.seeds):
+            print(f"{v}: seeds {sorted(done)} only (the others did not start before --deadline)")
+    return per
+
+
+def main(args: argparse.Namespace) -> int:
     plan = bq.QUICK if args.quick else bq.FULL
     out = Path(args.out)
     prepare_out(out, args.overwrite)
@@ -256,29 +290,7 @@ def main(args: argparse.Namespace) -> int:
     steps = steps_at_budget(costs, plan)
     if args.demo_from:
         reuse_demo_runs(args.demo_from, args.seeds, out)
-    # the first variant after the demo gets all its seeds first, then the others seed by seed:
-    # a --deadline leaves out the last seeds of the others, never the main candidate's
-    first, rest = variants[:2], variants[2:]
-    jobs = [(v, s) for v in first for s in args.seeds] + [(v, s) for s in args.seeds for v in rest]
-    deadline = start + args.deadline if args.deadline else 0.0
-    gt = read_labels(d / "synth" / "test.csv")
-
-    def job(j: tuple[str, int]) -> dict | None:  # scored as soon as it ran: a run cut short keeps what finished
-        sub = run_one(d, plan, j[0], steps[j[0]], j[1], args, deadline)
-        if sub is None:
-            return None
-        result = score(sub, gt, j[1])
-        timing = sub.with_name("train_seconds.json")  # absent for reused demo runs
-        result["train_s"] = json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
-        write_json(sub.with_name("score.json"), {"variant": j[0], "seed": j[1], "steps": steps[j[0]], **result})
-        return result
-
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        scores = dict(zip(jobs, pool.map(job, jobs)))
-    per = {v: {s: scores[(v, s)] for s in args.seeds if scores[(v, s)]} for v in variants}
-    for v, done in per.items():
-        if len(done) < len(args.seeds):
-            print(f"{v}: seeds {sorted(done)} only (the others did not start before --deadline)")
+    per = run_all(d, plan, variants, steps, args, start + args.deadline if args.deadline else 0.0)
     rows = summarize(per)
     print_table(rows, costs, steps, args.seeds)
     seconds = time.perf_counter() - start
