@@ -154,7 +154,7 @@ def steps_at_budget(costs: dict[str, float], plan) -> dict[str, int]:
 def run_one(d: Path, plan, variant: str, steps: int, seed: int, args, deadline: float) -> Path | None:
     """Train and infer one (variant, seed) in subprocesses; returns the test submission (None:
     not started, the deadline had passed)."""
-    slug = variant.replace(" ", "_").replace("/", "_").replace(",", "").replace("+", "plus")
+    slug = variant.replace(" ", "_").replace("/", "_").replace(",", "").replace("+", "plus").replace(".", "")
     run_dir = Path(args.out) / f"{slug}_seed{seed}"
     sub = run_dir / "test_none.csv"
     if sub.is_file():  # a reused demo run
