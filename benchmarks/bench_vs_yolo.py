@@ -59,8 +59,9 @@ gate 0.301 / 0.408.
 
 Three seeds, 2026-12-04: seeds 1 and 2 run as ``--seeds 1 2`` on the same --seed-data (the data,
 caches and folds are byte-identical to seed 0's run), merged with ``--merge``. cxrdet trained 554 /
-532 / ~530 s, YOLOv8n 566 / 547 / ~550 s (11-12 epochs; its own validation mAP50 still rising, e.g.
-seed 1: 0.057 -> 0.097 -> 0.115 over its last three epochs). mAP@0.4 on the 500 test images, mean
+532 / 678 s, YOLOv8n 566 / 547 / 685 s (11 / 12 / 15 epochs; seed 2's detector training ran
+slower than the others for no reason found on this box, and YOLO got the same longer budget; its
+own validation mAP50 was still rising, e.g. seed 1: 0.056 -> 0.097 -> 0.115 over its last three epochs). mAP@0.4 on the 500 test images, mean
 and std over seeds 0 1 2 (per seed):
 
     no gate | tta none                 0.2440  0.0141   0.252  0.252  0.228
