@@ -81,7 +81,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrdet.classes import NO_FINDING  # noqa: E402
-from cxrdet.demo import DemoPlan, Runner, fold_labels, prepare_out, write_all_normal  # noqa: E402
+from cxrdet.demo import DemoPlan, Runner, detector_recipe, fold_labels, prepare_out, write_all_normal  # noqa: E402
 from cxrdet.detections import Detections, detections_from_frame, detections_to_frame  # noqa: E402
 from cxrdet.formats.atomic import atomic_path, write_json  # noqa: E402
 from cxrdet.formats.image_level import read_image_level  # noqa: E402
@@ -137,10 +137,7 @@ def train_seed(run: Runner, plan: DemoPlan, seed: int, workers: str, gate_folds:
     labels, folds = d / "synth" / "train.csv", d / "folds.csv"
     run(f"seed {seed}: train detector", "train", [
         "--out", str(s / "detector"), "--cache", str(d / "cache" / "train.h5"), "--labels", str(labels),
-        "--folds", str(folds), "--fold", "0", "--arch", "fasterrcnn_resnet18_fpn", "--min-size", str(plan.size),
-        "--max-size", str(plan.size), "--max-steps", str(plan.steps), "--batch-size", str(plan.batch_size),
-        "--lr", str(plan.lr), "--warmup-steps", str(plan.warmup_steps), "--limit-val-batches", str(plan.val_share),
-        "--log-every-n-steps", "10", "--workers", workers, "--device", "cpu", "--seed", str(seed)])
+        "--folds", str(folds), "--fold", "0", *detector_recipe(plan), "--log-every-n-steps", "10", "--workers", workers, "--device", "cpu", "--seed", str(seed)])
     common = ["--model", str(s / "detector" / "export"), "--workers", workers, "--device", "cpu"]
     run(f"seed {seed}: out-of-fold detections", "infer", [*common, "--cache", str(d / "cache" / "train.h5"),
         "--folds", str(folds), "--fold", "0", "--out", str(s / "oof_fold0.csv")])
