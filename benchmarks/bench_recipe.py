@@ -3,9 +3,10 @@
 
 torchvision's Faster R-CNN defaults are sized for COCO (2,000 RPN proposals and 512 sampled
 RoIs per training image), while a chest X-ray holds 0-5 findings. This benchmark measures the
-budgets, the light backbone, the schedule and the augmentations of the demo's detector recipe
-(bench_quality.py's: light R18-FPN, 256 px, 400 steps of batch 4) and reports which one is
-ahead by more than the spread over seeds.
+budgets, the light backbone, the schedule and the augmentations against the demo's detector
+recipe as shipped (cxrdet.demo.detector_recipe: light R18-FPN, 256 px, batch 4, RPN 1000 -> 500
+training proposals, 128 RoIs, 675 steps) and reports which one is ahead by more than the spread
+over seeds. The variant "coco budgets" is the demo recipe before 2026-12-05 (torchvision's budgets).
 
 Protocol, on bench_quality.py's data (800 train / 500 test synthetic images, fold 0 of 4 validates):
   1. CPU cost: each variant's seconds per training step on THIS machine's CPU with --cost-threads
@@ -22,12 +23,13 @@ Protocol, on bench_quality.py's data (800 train / 500 test synthetic images, fol
     python benchmarks/bench_recipe.py --out /tmp/recipes                          # everything on this CPU
     python benchmarks/bench_recipe.py --costs-only --out /tmp/costs               # step 1 only
     python benchmarks/bench_recipe.py --costs /tmp/costs/costs.json --device gpu --parallel 6 --out /tmp/recipes
-    python benchmarks/bench_recipe.py --data /tmp/bvy --demo-from /tmp/bvy --costs /tmp/costs/costs.json \
-        --variants budgets --deadline 3600 --out /tmp/recipes    # reuse bench_vs_yolo's data and demo runs
+    python benchmarks/bench_recipe.py --data data/bench_quality --demo-from data/bench_quality \
+        --variants "no crop/color" "lr 0.02" --out /tmp/recipes    # reuse bench_quality's data and demo runs
 
 --demo-from takes the demo recipe's runs of bench_quality.py / bench_vs_yolo.py on the same data
 (their seedN/test_none.csv) instead of training the reference again. --deadline stops starting
 runs after that many seconds; the first variant after the demo gets every seed before the others.
+--resume goes on with a run cut short: its finished (variant, seed) runs are scored, not trained again.
 
 Results: --out/results.json (per variant and seed) and the printed table.
 """
@@ -50,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_quality as bq  # noqa: E402
-from cxrdet.demo import Runner, detector_recipe, prepare_out  # noqa: E402
+from cxrdet.demo import MARKER, Runner, detector_recipe, prepare_out  # noqa: E402
 from cxrdet.formats.atomic import write_json  # noqa: E402
 
 COCO = ["--rpn-pre-nms-top-n-train", "2000", "--rpn-post-nms-top-n-train", "2000", "--box-batch-size-per-image", "512"]
@@ -90,6 +92,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "are then left out of the table")
     p.add_argument("--quick", action="store_true", help="smoke run: bench_quality's --quick data and steps")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="keep an earlier run in --out: (variant, seed) runs that finished there are scored, not trained again")
     return p
 
 
@@ -270,11 +274,12 @@ def run_all(d: Path, plan, variants: list[str], steps: dict[str, int], args, dea
 def main(args: argparse.Namespace) -> int:
     plan = bq.QUICK if args.quick else bq.FULL
     out = Path(args.out)
-    prepare_out(out, args.overwrite)
+    if not (args.resume and (out / MARKER).is_file()):  # a run cut short by --deadline or Ctrl-C goes on
+        prepare_out(out, args.overwrite)
     variants = args.variants if "demo" in args.variants else ["demo", *args.variants]
     d = Path(args.data) if args.data else out
     if not args.data:
-        bq.prepare_data(Runner(out), plan, 0, str(args.prepare_workers or args.workers))
+        bq.prepare_data(bq.StageRunner(out), plan, 0, str(args.prepare_workers or args.workers))
     start = time.perf_counter()
     if args.costs:
         costs = {v: c for v, c in json.loads(Path(args.costs).read_text())["costs"].items() if v in variants}

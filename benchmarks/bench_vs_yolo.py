@@ -226,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     prepare_out(out, args.overwrite)
     offline_ultralytics(out)
-    run, workers = Runner(out), str(args.workers)
+    run, workers = bq.StageRunner(out), str(args.workers)
     bq.prepare_data(run, plan, args.seed_data, workers)
     data_yaml = write_yolo_layout(out, plan, out / "yolo_data")
     gt, train_labels = read_labels(out / "synth" / "test.csv"), read_labels(out / "synth" / "train.csv")
