@@ -8,7 +8,8 @@ recipe as shipped (cxrdet.demo.detector_recipe: light R18-FPN, 256 px, batch 4, 
 training proposals, 128 RoIs, 675 steps) and reports which one is ahead by more than the spread
 over seeds. The variant "coco budgets" is the demo recipe before 2026-12-05 (torchvision's budgets).
 
-Protocol, on bench_quality.py's data (800 train / 500 test synthetic images, fold 0 of 4 validates):
+Protocol, on bench_quality.py's data (800 train / 1000 test synthetic images, 500 before 2026-12-05;
+fold 0 of 4 validates):
   1. CPU cost: each variant's seconds per training step on THIS machine's CPU with --cost-threads
      threads (bench_train.py's plain torchvision loop over the variant's real model and data,
      best of --cost-repeats after a warm-up), unless --costs names a costs.json measured earlier.
