@@ -169,6 +169,12 @@ class StageRunner(Runner):
         self(step, command, argv)
 
 
+def open_out(out: Path, overwrite: bool, resume: bool) -> None:
+    """The benchmark's work folder: kept as it is under --resume (if a benchmark made it), else new."""
+    if not (resume and (out / MARKER).is_file()):
+        prepare_out(out, overwrite)
+
+
 def prepare_data(run: StageRunner, plan: DemoPlan, seed: int, workers: str) -> None:
     d = run.out
     run.unless(d / "synth" / "test.csv", "synthetic data", "synth", ["--out", str(d / "synth"), "--n-train", str(plan.n_train), "--n-test",
@@ -379,8 +385,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(args: argparse.Namespace) -> int:
     plan, seeds = (QUICK, [0, 1]) if args.quick else (FULL, args.seeds)
     out = Path(args.out)
-    if not (args.resume and (out / MARKER).is_file()):
-        prepare_out(out, args.overwrite)
+    open_out(out, args.overwrite, args.resume)
     run, start, workers = StageRunner(out, args.resume), time.perf_counter(), str(args.workers)
     prepare_data(run, plan, args.seed_data, workers)
     gt, train_labels = read_labels(out / "synth" / "test.csv"), read_labels(out / "synth" / "train.csv")

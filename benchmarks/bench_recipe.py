@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_quality as bq  # noqa: E402
-from cxrdet.demo import MARKER, Runner, detector_recipe, prepare_out  # noqa: E402
+from cxrdet.demo import Runner, detector_recipe  # noqa: E402
 from cxrdet.formats.atomic import write_json  # noqa: E402
 
 COCO = ["--rpn-pre-nms-top-n-train", "2000", "--rpn-post-nms-top-n-train", "2000", "--box-batch-size-per-image", "512"]
@@ -275,8 +275,7 @@ def run_all(d: Path, plan, variants: list[str], steps: dict[str, int], args, dea
 def main(args: argparse.Namespace) -> int:
     plan = bq.QUICK if args.quick else bq.FULL
     out = Path(args.out)
-    if not (args.resume and (out / MARKER).is_file()):  # a run cut short by --deadline or Ctrl-C goes on
-        prepare_out(out, args.overwrite)
+    bq.open_out(out, args.overwrite, args.resume)  # a run cut short by --deadline or Ctrl-C goes on
     variants = args.variants if "demo" in args.variants else ["demo", *args.variants]
     d = Path(args.data) if args.data else out
     if not args.data:

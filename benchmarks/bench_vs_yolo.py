@@ -84,7 +84,7 @@ benchmark between seed 2's detector training and its evaluation: no timed stage 
 The figures above are the demo recipe before 2026-12-05 (torchvision's COCO proposal/RoI budgets,
 400 steps). The recipe since (RPN 1000 -> 500 training proposals, 128 RoIs, 675 steps: the same
 CPU time, see bench_recipe.py) was measured by bench_quality.py on the same data, the same 500
-test images and the same seeds (2026-12-05, 300 -> 1000 inference proposals aside); its seed 2
+test images and the same seeds (2026-12-05, with 1000 inference proposals where the shipped recipe now scores 300); its seed 2
 detector trained 674 s on the quiet box, the budget YOLOv8n got for seed 2 above. YOLOv8n was not
 trained again, so this pairs the new cxrdet runs with the YOLO runs above, seed by seed:
 
