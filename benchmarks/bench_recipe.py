@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_quality as bq  # noqa: E402
-from cxrdet.demo import Runner, detector_recipe  # noqa: E402
+from cxrdet.demo import detector_recipe  # noqa: E402
 from cxrdet.formats.atomic import write_json  # noqa: E402
 
 COCO = ["--rpn-pre-nms-top-n-train", "2000", "--rpn-post-nms-top-n-train", "2000", "--box-batch-size-per-image", "512"]
