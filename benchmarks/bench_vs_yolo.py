@@ -249,7 +249,7 @@ def main(args: argparse.Namespace) -> int:
     for s in seeds:
         seed_dir = bq.train_seed(run, plan, s, workers, bq.QUICK_GATE_FOLDS if args.quick else 5)
         budget = run.timings[f"seed {s}: train detector"]
-        cx = bq.score_seed(seed_dir, gt, train_labels, s)
+        cx = bq.score_seed(seed_dir, gt, train_labels, s, out / "cache" / "test_meta.csv")
         start = time.perf_counter()
         model = train_yolo(data_yaml, out / f"yolo_seed{s}", s, budget / 3600, plan, args.workers)
         yolo_s = time.perf_counter() - start
