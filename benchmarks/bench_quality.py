@@ -27,74 +27,14 @@ Protocol (every stage is the real command, in-process, as the demo calls it; com
     Bootstrap SE: 200 resamples of the test images (cxrdet.gate.rules.GatedScorer weights),
     per seed and row; the table prints the largest.
 
-    python benchmarks/bench_quality.py                  # full run, about 70 min on 2 cores
+    python benchmarks/bench_quality.py                  # full run, about 57 min on 2 cores
     python benchmarks/bench_quality.py --quick          # smoke run: tiny data, 4 steps
     python benchmarks/bench_quality.py --seeds 0 1 2 3 --out data/bench_quality
     python benchmarks/bench_quality.py --resume         # go on with a run that was interrupted
 
 Results: --out/results.json (every figure per seed and row), --out/quality.png (per-seed dots).
 
-After: measured 2026-12-05 on the 2-core dev box, full run of the demo recipe as shipped since
-that day (RPN 1000 -> 500 training proposals, 128 RoIs, 675 steps, 300 inference proposals;
-800 train / 1000 test images, seeds 0 1 2), 4354 s (73 min; the synthetic-data stage shared the
-cores with another job for ~5 of its 6 minutes). Detector training took 644 / 682 / 727 s per
-seed, test-set inference ~450 s per seed (tta none, hflip, stacked gate)::
-
-    mAP@0.4 on 1000 synthetic test images, training seeds [0, 1, 2] (std: over seeds, ddof 1; SE: bootstrap over test images, largest seed)
-    row                                           mean     std     SE  no14 mean     std  per seed (with 14 / without)
-    all-normal baseline                         0.0460  0.0000    nan     0.0000  0.0000  0.046/0.000
-    no gate | tta none                          0.4670  0.0181 0.0167     0.5004  0.0193  0.447/0.478  0.481/0.515  0.474/0.508
-    no gate | tta hflip                         0.4996  0.0213 0.0174     0.5353  0.0228  0.476/0.510  0.516/0.553  0.507/0.543
-    gate 0.08/0.95 | tta none                   0.5312  0.0192 0.0167     0.4989  0.0205  0.509/0.476  0.546/0.515  0.538/0.506
-    gate 0.08/0.95 | tta hflip                  0.5602  0.0202 0.0173     0.5301  0.0219  0.537/0.505  0.575/0.547  0.568/0.538
-    gate tuned (all OOF) | tta none             0.5284  0.0189 0.0166     0.4961  0.0202  0.507/0.473  0.542/0.511  0.536/0.504
-    gate tuned (all OOF) | tta hflip            0.5532  0.0181 0.0175     0.5232  0.0195  0.533/0.501  0.567/0.538  0.560/0.530
-    gate train-gate choice | tta none           0.5312  0.0192 0.0167     0.4989  0.0205  0.509/0.476  0.546/0.515  0.538/0.506
-    gate train-gate choice | tta hflip          0.5602  0.0202 0.0173     0.5301  0.0219  0.537/0.505  0.575/0.547  0.568/0.538
-    gate+clf 0.08/0.95 | tta none               0.5285  0.0183 0.0166     0.4963  0.0196  0.507/0.474  0.539/0.508  0.539/0.507
-    gate+clf train-gate choice | tta none       0.5285  0.0183 0.0166     0.4963  0.0196  0.507/0.474  0.539/0.508  0.539/0.507
-    gate+clf 0.08/0.95 + rescore | tta none     0.4559  0.0265 0.0152     0.4184  0.0287  0.429/0.389  0.482/0.446  0.458/0.420
-    largest bootstrap SE 0.0175: below the 0.02 goal
-
-    paired over seeds (mAP@0.4 difference, tta none; a gain is real when |mean| is well above std / sqrt(seeds))
-      classifier evidence (0.08/0.95)              mean -0.0027  std 0.0041  per seed -0.002  -0.007  +0.001
-      classifier evidence (train-gate choice)      mean -0.0027  std 0.0041  per seed -0.002  -0.007  +0.001
-      rescoring on top                             mean -0.0727  std 0.0134  per seed -0.079  -0.057  -0.082
-      AUROC p(abnormal), gate | tta none           mean 0.9903  std 0.0041  per seed 0.990  0.986  0.994
-      AUROC p(abnormal), gate+clf | tta none       mean 0.9895  std 0.0055  per seed 0.991  0.983  0.994
-
-Before: measured 2026-12-03, the demo recipe of that day (torchvision's COCO budgets: 2000 ->
-2000 proposals, 512 RoIs, 400 steps), 800 train / 500 test images, seeds 0 1 2, 4964 s (83 min;
-a test suite and a fuzz run shared the cores for part of it)::
-
-    mAP@0.4 on 500 synthetic test images, training seeds [0, 1, 2] (std: over seeds, ddof 1; SE: bootstrap over test images, largest seed)
-    row                                           mean     std     SE  no14 mean     std  per seed (with 14 / without)
-    all-normal baseline                         0.0469  0.0000    nan     0.0000  0.0000  0.047/0.000
-    no gate | tta none                          0.2459  0.0108 0.0148     0.2635  0.0116  0.252/0.270  0.252/0.270  0.233/0.250
-    no gate | tta hflip                         0.2503  0.0115 0.0168     0.2682  0.0124  0.254/0.272  0.260/0.278  0.237/0.254
-    gate 0.08/0.95 | tta none                   0.3113  0.0118 0.0147     0.2640  0.0122  0.318/0.271  0.319/0.271  0.298/0.250
-    gate 0.08/0.95 | tta hflip                  0.3123  0.0103 0.0167     0.2659  0.0114  0.318/0.272  0.318/0.273  0.300/0.253
-    gate tuned (all OOF) | tta none             0.3099  0.0127 0.0149     0.2630  0.0134  0.318/0.271  0.317/0.271  0.295/0.247
-    gate tuned (all OOF) | tta hflip            0.3111  0.0105 0.0169     0.2650  0.0115  0.318/0.272  0.316/0.271  0.299/0.252
-    gate train-gate choice | tta none           0.3113  0.0118 0.0147     0.2640  0.0122  0.318/0.271  0.319/0.271  0.298/0.250
-    gate train-gate choice | tta hflip          0.3123  0.0103 0.0167     0.2659  0.0114  0.318/0.272  0.318/0.273  0.300/0.253
-    gate+clf 0.08/0.95 | tta none               0.3134  0.0105 0.0146     0.2662  0.0110  0.319/0.272  0.320/0.273  0.301/0.253
-    gate+clf train-gate choice | tta none       0.3134  0.0105 0.0146     0.2662  0.0110  0.319/0.272  0.320/0.273  0.301/0.253
-    gate+clf 0.08/0.95 + rescore | tta none     0.3134  0.0105 0.0146     0.2662  0.0110  0.319/0.272  0.320/0.273  0.301/0.253
-    largest bootstrap SE 0.0169: below the 0.02 goal
-    
-    paired over seeds (mAP@0.4 difference, tta none; a gain is real when |mean| is well above std / sqrt(seeds))
-      classifier evidence (0.08/0.95)              mean +0.0021  std 0.0013  per seed +0.001  +0.001  +0.004
-      classifier evidence (train-gate choice)      mean +0.0021  std 0.0013  per seed +0.001  +0.001  +0.004
-      rescoring on top                             mean +0.0000  std 0.0000  per seed +0.000  +0.000  +0.000
-      AUROC p(abnormal), gate | tta none           mean 0.9782  std 0.0103  per seed 0.986  0.982  0.966
-      AUROC p(abnormal), gate+clf | tta none       mean 0.9806  std 0.0095  per seed 0.989  0.982  0.971
-
-The "+ rescore" row of the 2026-12-03 run is WRONG (the clf_* columns were not read, so
-nothing was rescored; fixed since): its saved predictions rescored correctly gave a paired
--0.025 (std 0.011). Both runs say rescoring by this classifier costs mAP@0.4, so ``--rescore
-auto`` applies it only where train-gate's out-of-fold measurement shows a gain beyond its
-bootstrap uncertainty (cxrdet/gate/rescore.py).
+Measured figures (after / before tables with their spreads, stage timings): docs/quality.md.
 """
 
 from __future__ import annotations
