@@ -192,10 +192,10 @@ def gate_p(gate_dir: Path, meta: Path, dets: dict[str, Detections]) -> dict[str,
 
     What `cxrdet infer --gate` computes (build_features on prepare's META and pixel features, as
     train-gate reads them), without running the detector again: the tta none findings are the
-    stacked gate's run's, and a 1000-image detector pass is ~110 s per seed. The findings come
-    from a submission CSV (scores to 4 decimals), so a score within 5e-5 below a det_n* threshold
-    counts here and not in infer: checked on seed 0 of a full run, 26 of 1000 images moved by
-    more than 0.001 (largest 0.095), every mAP row equal to 1e-6, AUROC 0.99022 vs 0.99029."""
+    stacked gate's run's, and a 1000-image detector pass is ~80 s per seed. The findings come from
+    a submission CSV (scores to 4 decimals); the gate's det_* features round live scores the same
+    way, so this equals infer's P (before that rounding, 26 of 1000 images of a seed differed by
+    more than 0.001 and every mAP row still agreed to 1e-6)."""
     from cxrdet.gate.features import META_REQUIRED, build_features
     from cxrdet.gate.inputs import read_pixel_table, read_table
     from cxrdet.gate.model import GateClassifier

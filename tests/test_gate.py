@@ -121,6 +121,20 @@ def test_detector_evidence_on_a_hand_made_example():
     assert F.loc["c"].isna().all()  # never looked: unknown
 
 
+def test_live_scores_count_as_the_submission_csv_writes_them(tmp_path):
+    # train-gate reads out-of-fold scores back from a CSV (4 decimals); infer/serve pass live ones
+    from cxrdet.formats.submission import read_submission, write_submission
+
+    live = {"a": Detections(np.array([[1.0, 2, 30, 40], [5, 5, 9, 9]]), [0.29996, 0.0999951], [2, 2])}
+    path = tmp_path / "oof.csv"
+    write_submission(path, live, ["a"])
+    read = detections_from_frame(read_submission(path))
+    assert read["a"].scores.tolist() == [0.3, 0.1]  # what the CSV holds
+    F_live, F_read = (detector_features(d, pd.Index(["a"])) for d in (live, read))
+    pd.testing.assert_frame_equal(F_live, F_read)
+    assert (F_live.loc["a", "det_n30_c02"], F_live.loc["a", "det_n10_c02"], F_live.loc["a", "det_max"]) == (1, 2, 0.3)
+
+
 def test_detections_from_frame_keeps_listed_empty_images():
     frame = pd.DataFrame({"image_id": ["x", "x"], "class_id": [2, 5], "score": [0.4, 0.7],
                           "x_min": [0, 1], "y_min": [0, 1], "x_max": [5, 6], "y_max": [5, 6]})

@@ -12,6 +12,9 @@ DataFrame indexed by image_id. Column groups are told apart by prefix:
 - ``det_*``: per-class maximum score and counts of detections with score >= 0.1 / 0.3 / 0.5,
   plus the same over all classes. Only scores and class ids are used, so the detections may be
   in cache or original pixels. Class 14 rows (a previous gate's "No finding" call) are ignored.
+  Scores are first rounded as the submission CSV stores them (``DECIMALS``): train-gate learns
+  from out-of-fold detections read back from such a CSV, infer and serve from live scores, and a
+  live 0.29996 must count at >= 0.3 as its written "0.3" did.
 - ``clf_*``: the image-level classifier's probability per class (``cxrdet classify``), one
   column per class named as in the image-level CSV (:func:`cxrdet.formats.image_level.classifier_column`);
   an image without probabilities gets NaN.
@@ -32,6 +35,7 @@ from cxrdet.classes import NUM_FINDINGS
 from cxrdet.detections import Detections
 from cxrdet.errors import UserError
 from cxrdet.formats.image_level import classifier_column
+from cxrdet.formats.submission import DECIMALS, round_decimals
 
 # META.csv column -> feature name. Numbers first, then categories; this order is the table's.
 META_NUMERIC = {
@@ -159,7 +163,8 @@ def classifier_features(probs: pd.DataFrame, image_ids: pd.Index) -> pd.DataFram
 def _evidence(det: Detections) -> np.ndarray:
     """One image's detector features, in ``detector_feature_names()`` order."""
     keep = (det.class_ids >= 0) & (det.class_ids < NUM_FINDINGS)
-    scores, classes = det.scores[keep], det.class_ids[keep]
+    # the precision train-gate saw (module docstring): without it live features skew from trained ones
+    scores, classes = round_decimals(np.asarray(det.scores[keep], dtype=np.float64), DECIMALS), det.class_ids[keep]
     per_class = [scores[classes == c] for c in range(NUM_FINDINGS)]
     out = [_max(scores)] + [float((scores >= t).sum()) for t in DET_THRESHOLDS]
     for s in per_class:
