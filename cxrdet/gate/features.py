@@ -164,7 +164,7 @@ def _evidence(det: Detections) -> np.ndarray:
     """One image's detector features, in ``detector_feature_names()`` order."""
     keep = (det.class_ids >= 0) & (det.class_ids < NUM_FINDINGS)
     # the precision train-gate saw (module docstring): without it live features skew from trained ones
-    scores, classes = round_decimals(np.asarray(det.scores[keep], dtype=np.float64), DECIMALS), det.class_ids[keep]
+    scores, classes = round_decimals(det.scores[keep], DECIMALS), det.class_ids[keep]
     per_class = [scores[classes == c] for c in range(NUM_FINDINGS)]
     out = [_max(scores)] + [float((scores >= t).sum()) for t in DET_THRESHOLDS]
     for s in per_class:
