@@ -109,11 +109,16 @@ def study(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
-    """dcmtk storescp accepting every SOP class and transfer syntax, into a fresh folder."""
+    """dcmtk storescp accepting every SOP class and transfer syntax, into a fresh folder.
+
+    storescp writes each file in place while it receives it, so a poll can meet a half-written
+    file; it touches ``.<file>.done`` once a file is complete, and the test reads only those.
+    """
     folder = tmp_path_factory.mktemp("pacs")
     port = free_port()
     proc = subprocess.Popen([dcmtk("storescp"), "--accept-all", "--promiscuous", "--aetitle", "PACS",
-                             "--output-directory", str(folder), str(port)],
+                             "--output-directory", str(folder),
+                             "--exec-on-reception", 'touch "#p/.#f.done"', str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: echo_ok(port, "PACS"), "storescp to answer C-ECHO", timeout=60)
     yield {"dir": folder, "port": port}
@@ -137,10 +142,11 @@ def storescu(port: int, *files: Path) -> subprocess.CompletedProcess:
 
 
 def received_srs(folder: Path) -> dict[str, pydicom.Dataset]:
-    """SRs in storescp's folder, by the SOP Instance UID of the image they report on."""
+    """Complete SRs in storescp's folder, by the SOP Instance UID of the image they report on."""
     out = {}
-    for path in folder.iterdir():
-        if path.is_file() and not path.name.startswith("."):
+    for done in folder.glob(".*.done"):
+        path = folder / done.name[1:-len(".done")]
+        if path.is_file():
             ds = pydicom.dcmread(path)
             out[read_sr(ds).source_sop_instance_uid] = ds
     return out
